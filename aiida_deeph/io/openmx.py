@@ -1,0 +1,160 @@
+"""OpenMX run folder -> packed Hamiltonian (pure Python, no aiida)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from aiida_deeph.physics.basis import BasisError, parse_pao_basis
+from aiida_deeph.physics.constants import BOHR_TO_ANGSTROM, HARTREE_TO_EV
+
+from .packed import PackedHamiltonian, symbol_to_z
+from .scfout import Scfout, ScfoutError, read_scfout
+
+
+class OpenmxRunError(ValueError):
+    """An OpenMX run folder that cannot be converted."""
+
+
+def _input_blocks(text: str) -> dict:
+    """Minimal extraction of the blocks needed to identify species from an OpenMX input text."""
+    try:
+        from .openmx_input import parse_input
+    except ImportError:  # TEMPORARY until openmx_input lands
+        def parse_input(text):
+            out, cur, rows = {}, None, None
+            for line in text.splitlines():
+                t = line.split("#")[0].split()
+                if not t:
+                    continue
+                if t[0].startswith("<"):
+                    cur, rows = t[0][1:], []
+                    continue
+                if t[0].endswith(">") and cur:
+                    out[cur] = rows
+                    cur = None
+                    continue
+                if cur:
+                    rows.append(t)
+                else:
+                    out[t[0]] = t[1:]
+            return out
+
+    return parse_input(text)
+
+
+def species_from_input(text: str) -> tuple:
+    """(per-atom element symbols, {element: PAO basis string}, {element: VPS name}) from an input text."""
+    params = _input_blocks(text)
+    lower = {k.lower(): v for k, v in params.items()}
+    try:
+        species_rows = lower["definition.of.atomic.species"]
+        atom_rows = lower["atoms.speciesandcoordinates"]
+    except KeyError as exc:
+        raise OpenmxRunError(f"OpenMX input text lacks the block <{exc.args[0]}>") from None
+    label_to_element, pao_of, vps_of = {}, {}, {}
+    for row in species_rows:
+        label, pao, vps = row[0], row[1], row[2]
+        element = vps.split("_")[0]
+        try:
+            symbol_to_z(element)
+        except ValueError:
+            raise OpenmxRunError(f"cannot tell the element of species {label!r} (VPS {vps!r})") from None
+        label_to_element[label] = element
+        if element in pao_of and pao_of[element] != pao:
+            raise OpenmxRunError(f"element {element} appears with two bases ({pao_of[element]}, {pao}); not supported")
+        pao_of[element] = pao
+        vps_of[element] = vps
+    try:
+        symbols = [label_to_element[row[1]] for row in atom_rows]
+    except KeyError as exc:
+        raise OpenmxRunError(f"atom of undefined species {exc.args[0]!r} in the OpenMX input") from None
+    return symbols, pao_of, vps_of
+
+
+def scfout_to_packed(scf: Scfout, meta: dict | None = None) -> PackedHamiltonian:
+    """Convert a parsed .scfout into the packed format (eV, Angstrom, OpenMX orbital order)."""
+    symbols, pao_of, vps_of = species_from_input(scf.input_text)
+    if len(symbols) != scf.atomnum:
+        raise OpenmxRunError(f"input text lists {len(symbols)} atoms, the .scfout {scf.atomnum}")
+    try:
+        orbital_ls = {el: parse_pao_basis(pao).orbital_ls for el, pao in pao_of.items()}
+    except BasisError as exc:
+        raise OpenmxRunError(str(exc)) from None
+    norb = np.array([sum(2 * l + 1 for l in orbital_ls[s]) for s in symbols])
+    if not np.array_equal(norb, scf.total_num_orbs):
+        raise OpenmxRunError("orbital counts from the basis names do not match the .scfout")
+    pairs = scf.pairs()
+    offsets = PackedHamiltonian.offsets_for(pairs, norb)
+    ham = PackedHamiltonian(
+        cell=scf.tv * BOHR_TO_ANGSTROM,
+        positions=scf.gxyz * BOHR_TO_ANGSTROM,
+        species=symbols,
+        orbital_ls={el: orbital_ls[el] for el in dict.fromkeys(symbols)},
+        atom_pairs=pairs,
+        offsets=offsets,
+        hamiltonian=scf.hamiltonian * HARTREE_TO_EV,
+        overlap=scf.overlap,
+        density_matrix=scf.density_matrix,
+        fermi_energy_eV=scf.chemical_potential * HARTREE_TO_EV,
+        num_electrons=scf.valence_electrons,
+        meta={
+            "source": "DFT",
+            "code": "OpenMX 3.9",
+            "basis": {el: pao_of[el] for el in dict.fromkeys(symbols)},
+            "pseudopotentials": {el: vps_of[el] for el in dict.fromkeys(symbols)},
+            "temperature_K": scf.temperature,
+            **(meta or {}),
+        },
+    )
+    ham = ham.sorted()
+    ham.validate()
+    return ham
+
+
+def find_run_files(run_dir) -> dict:
+    """Locate ``<name>.scfout``/``.out``/``.Band``/``.std`` (plain or .xz) in an OpenMX run folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise OpenmxRunError(f"{run_dir}: not a folder")
+    found: dict = {}
+    for suffix in ("scfout", "out", "Band", "std"):
+        matches = sorted(run_dir.glob(f"*.{suffix}")) + sorted(run_dir.glob(f"*.{suffix}.xz"))
+        if len({m.name.split('.')[0] for m in matches}) > 1:
+            raise OpenmxRunError(f"{run_dir}: several *.{suffix} files ({', '.join(m.name for m in matches)})")
+        if matches:
+            found[suffix] = matches[0]
+    return found
+
+
+def read_text(path) -> str:
+    import lzma
+
+    path = os.fspath(path)
+    if path.endswith(".xz"):
+        with lzma.open(path, "rt", encoding="latin-1") as handle:
+            return handle.read()
+    with open(path, encoding="latin-1") as handle:
+        return handle.read()
+
+
+def load_openmx_run(run_dir, require_out: bool = True, load_density_matrix: bool = False) -> PackedHamiltonian:
+    """Read an OpenMX run folder (``<name>.scfout`` and ``<name>.out``, optionally .xz) into packed form."""
+    files = find_run_files(run_dir)
+    if "scfout" not in files:
+        raise OpenmxRunError(f"{run_dir}: no .scfout file (was HS.fileout on?)")
+    if require_out and "out" not in files:
+        raise OpenmxRunError(f"{run_dir}: no .out file")
+    meta: dict = {}
+    if "out" in files:
+        from .openmx_out import parse_out
+
+        info = parse_out(read_text(files["out"]))
+        meta["scf_converged"] = info.get("scf_converged")
+        meta["scf_steps"] = info.get("scf_steps")
+    try:
+        scf = read_scfout(files["scfout"], load_density_matrix=load_density_matrix)
+    except ScfoutError:
+        raise
+    return scfout_to_packed(scf, meta=meta)
