@@ -9,6 +9,7 @@ import numpy as np
 from aiida_deeph.physics.basis import BasisError, parse_pao_basis
 from aiida_deeph.physics.constants import BOHR_TO_ANGSTROM, HARTREE_TO_EV
 
+from .openmx_input import parse_input
 from .packed import PackedHamiltonian, symbol_to_z
 from .scfout import Scfout, ScfoutError, read_scfout
 
@@ -17,36 +18,9 @@ class OpenmxRunError(ValueError):
     """An OpenMX run folder that cannot be converted."""
 
 
-def _input_blocks(text: str) -> dict:
-    """Minimal extraction of the blocks needed to identify species from an OpenMX input text."""
-    try:
-        from .openmx_input import parse_input
-    except ImportError:  # TEMPORARY until openmx_input lands
-        def parse_input(text):
-            out, cur, rows = {}, None, None
-            for line in text.splitlines():
-                t = line.split("#")[0].split()
-                if not t:
-                    continue
-                if t[0].startswith("<"):
-                    cur, rows = t[0][1:], []
-                    continue
-                if t[0].endswith(">") and cur:
-                    out[cur] = rows
-                    cur = None
-                    continue
-                if cur:
-                    rows.append(t)
-                else:
-                    out[t[0]] = t[1:]
-            return out
-
-    return parse_input(text)
-
-
 def species_from_input(text: str) -> tuple:
     """(per-atom element symbols, {element: PAO basis string}, {element: VPS name}) from an input text."""
-    params = _input_blocks(text)
+    params = parse_input(text)
     lower = {k.lower(): v for k, v in params.items()}
     try:
         species_rows = lower["definition.of.atomic.species"]

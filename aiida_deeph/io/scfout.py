@@ -81,6 +81,8 @@ class _Cursor:
         self.pos = 0
         self.order = order
         self.name = name
+        self.fields = []  # (offset, itemsize, count) of every read, for swap_byte_order
+
 
     def take(self, dtype: str, count: int) -> np.ndarray:
         dt = np.dtype(self.order + dtype)
@@ -90,6 +92,7 @@ class _Cursor:
                 f"{self.name}: truncated .scfout (needs more than its {len(self.buf)} bytes at offset {self.pos})"
             )
         out = np.frombuffer(self.buf, dtype=dt, count=count, offset=self.pos)
+        self.fields.append((self.pos, dt.itemsize, count))
         self.pos += nbytes
         return out.astype(dt.newbyteorder("="), copy=True) if self.order != "=" else out
 
@@ -97,7 +100,22 @@ class _Cursor:
 def read_scfout(path, load_density_matrix: bool = True) -> Scfout:
     """Read an OpenMX 3.9 .scfout (optionally ``.xz``-compressed)."""
     name = os.fspath(path)
-    buf = _open_bytes(path)
+    return _parse(_open_bytes(path), name, load_density_matrix)[0]
+
+
+def swap_byte_order(buf: bytes) -> bytes:
+    """The same .scfout with every number byte-swapped (as written on a machine of the other endianness)."""
+    _, cursor = _parse(buf, "<bytes>", False)
+    out = bytearray(buf)
+    for offset, itemsize, count in cursor.fields:
+        if itemsize == 1:
+            continue
+        arr = np.frombuffer(buf, dtype=f"u{itemsize}", count=count, offset=offset)
+        out[offset:offset + itemsize * count] = arr.byteswap().tobytes()
+    return bytes(out)
+
+
+def _parse(buf: bytes, name: str, load_density_matrix: bool):
     if len(buf) < 28:
         raise ScfoutError(f"{name}: too short to be an OpenMX .scfout ({len(buf)} bytes)")
     order = None
@@ -166,4 +184,4 @@ def read_scfout(path, load_density_matrix: bool = True) -> Scfout:
         density_matrix=np.array(dm) if load_density_matrix else None, solver=solver,
         chemical_potential=float(tail[0]), temperature=float(tail[1]), valence_electrons=float(tail[8]),
         total_spin=float(tail[9]), input_text="\n".join(lines), byteorder=order,
-    )
+    ), cur
