@@ -348,9 +348,10 @@ class PackedFile:
     def __init__(self, path):
         import h5py
 
-        self.path = os.fspath(path)
+        # ``path`` may also be a binary file-like object (e.g. a stream from an AiiDA repository).
+        self.path = os.fspath(path) if isinstance(path, (str, os.PathLike)) else getattr(path, "name", "<stream>")
         try:
-            self._h5 = h5py.File(self.path, "r")
+            self._h5 = h5py.File(path if not isinstance(path, os.PathLike) else self.path, "r")
         except OSError as exc:
             raise PackedFormatError(f"cannot open packed file {self.path}: {exc}") from None
         try:
