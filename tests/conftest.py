@@ -36,3 +36,43 @@ def shared():
     if not path.is_dir():
         pytest.fail(f"../shared not found at {path}: the tests need the shared corpus beside the checkout")
     return path
+
+
+pytest_plugins = ["aiida.tools.pytest_fixtures"]
+
+
+@pytest.fixture(scope="session")
+def replay_executable(tmp_path_factory):
+    """A stand-in `openmx` that replays the recorded runs of ../shared (corpus and failures)."""
+    from aiida_deeph.testing.replay import write_replay_executable
+
+    path = tmp_path_factory.mktemp("replay") / "openmx"
+    return write_replay_executable(path, [corpus_dir(), shared_dir() / "openmx-failures"])
+
+
+@pytest.fixture
+def openmx_code(aiida_profile, aiida_localhost, replay_executable):
+    """An InstalledCode on localhost running the replay stand-in (no MPI)."""
+    from aiida.orm import InstalledCode, QueryBuilder
+
+    label = "openmx-replay"
+    existing = QueryBuilder().append(InstalledCode, filters={"label": label}).first(flat=True)
+    if existing is not None:
+        return existing
+    code = InstalledCode(label=label, computer=aiida_localhost, filepath_executable=str(replay_executable),
+                         default_calc_job_plugin="deeph.openmx")
+    code.base.extras.set("openmx_data_path", "/nonexistent/DFT_DATA19")
+    return code.store()
+
+
+def corpus_structure(mp_id: str):
+    """StructureData of a corpus run, exactly as computed (meta.json), with the MP id as extra."""
+    import json
+
+    from aiida.orm import StructureData
+    from pymatgen.core import Structure
+
+    meta = json.loads((corpus_dir() / mp_id / "meta.json").read_text())
+    structure = StructureData(pymatgen=Structure.from_dict(meta["structure"]))
+    structure.base.extras.set("mp_id", mp_id)
+    return structure
