@@ -122,7 +122,7 @@ class OpenmxCalculation(CalcJob):
         spec.inputs["metadata"]["options"]["parser_name"].default = "deeph.openmx"
         spec.inputs["metadata"]["options"]["input_filename"].default = cls._INPUT
         spec.inputs["metadata"]["options"]["output_filename"].default = f"{cls._SYSTEM_NAME}.out"
-        spec.inputs["metadata"]["options"]["withmpi"].default = True
+        spec.inputs["metadata"]["options"]["withmpi"].default = False
 
         spec.output("output_parameters", valid_type=orm.Dict,
                     help="Energies (eV and Hartree), Fermi level, SCF history, convergence, timings, warnings.")
@@ -170,7 +170,11 @@ class OpenmxCalculation(CalcJob):
         builder.kpoints = kpoints
         table = load_basis_table(proto.get("basis_table", "corpus"))
         builder.basis = orm.Dict({"name": table.name, "elements": table.elements})
-        options = proto.get("metadata", {}).get("options", {})
+        options = dict(proto.get("metadata", {}).get("options", {}))
+        mpiprocs = int(code.base.extras.get("default_mpiprocs", 1) or 1)
+        options.setdefault("resources", {"num_machines": 1, "num_mpiprocs_per_machine": mpiprocs})
+        if mpiprocs > 1:
+            options.setdefault("withmpi", True)
         if options:
             builder.metadata.options = options
         return builder

@@ -70,6 +70,7 @@ class HamiltonianData(Data):
             "orbital_ls": packed.orbital_ls,
             "source": meta.get("source", "DFT"),
             "mp_id": meta.get("mp_id"),
+            "structure_uuid": meta.get("structure_uuid"),
             "has_hamiltonian": packed.hamiltonian is not None,
             "has_overlap": packed.overlap is not None,
             "has_density_matrix": packed.density_matrix is not None,

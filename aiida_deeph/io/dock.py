@@ -172,7 +172,9 @@ def write_dock(ham: PackedHamiltonian, folder, include=("hamiltonian", "overlap"
         "orthogonal_basis": False,
         "spinful": False,
         "fermi_energy_eV": grouped.fermi_energy_eV,
-        "elements_orbital_map": {el: grouped.orbital_ls[el] for el in grouped.elements},
+        "elements_orbital_map": {el: ls for el, ls in grouped.orbital_ls.items() if el in set(grouped.species)},
+        # total valence electrons: DeepH-dock's optional key (its find-fermi uses it) and ours
+        "occupation": grouped.num_electrons,
         "electrons_quantity": grouped.num_electrons,
         "aiida_deeph": {
             "format_version": DOCK_FORMAT_VERSION,
@@ -243,9 +245,9 @@ def read_dock(folder, load=("hamiltonian", "overlap", "density_matrix"), restore
     extra = info.get("aiida_deeph", {})
     ham = PackedHamiltonian(
         cell=cell, positions=positions, species=species,
-        orbital_ls={el: orbital_ls[el] for el in dict.fromkeys(species)},
+        orbital_ls={el: ls for el, ls in orbital_ls.items() if el in set(species)},
         atom_pairs=atom_pairs, offsets=offsets, fermi_energy_eV=info.get("fermi_energy_eV"),
-        num_electrons=info.get("electrons_quantity"), meta=dict(extra.get("meta", {})),
+        num_electrons=info.get("electrons_quantity", info.get("occupation")), meta=dict(extra.get("meta", {})),
     )
     if not np.array_equal(PackedHamiltonian.offsets_for(atom_pairs, ham.norb_per_atom), offsets):
         raise DockFormatError(f"{folder}: chunk_boundaries do not match the orbital counts of info.json")

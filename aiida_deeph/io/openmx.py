@@ -65,7 +65,8 @@ def scfout_to_packed(scf: Scfout, meta: dict | None = None) -> PackedHamiltonian
         cell=scf.tv * BOHR_TO_ANGSTROM,
         positions=scf.gxyz * BOHR_TO_ANGSTROM,
         species=symbols,
-        orbital_ls={el: orbital_ls[el] for el in dict.fromkeys(symbols)},
+        # element order of the input's species block, as DeepH-dock writes elements_orbital_map
+        orbital_ls={el: orbital_ls[el] for el in pao_of if el in set(symbols)},
         atom_pairs=pairs,
         offsets=offsets,
         hamiltonian=scf.hamiltonian * HARTREE_TO_EV,

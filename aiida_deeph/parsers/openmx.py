@@ -69,6 +69,7 @@ class OpenmxParser(Parser):
                 "scf_steps": info.get("scf_steps"),
             }
             structure = self.node.inputs.structure
+            meta["structure_uuid"] = structure.uuid
             mp_id = structure.base.extras.get("mp_id", None) or structure.base.attributes.get("mp_id", None)
             if mp_id:
                 meta["mp_id"] = mp_id

@@ -1,0 +1,85 @@
+"""``aiida-deeph setup openmx``: create (or report) the AiiDA code for OpenMX in the current profile."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("setup", help="set up AiiDA codes (needs an AiiDA profile)",
+                                   description="Set up AiiDA codes for aiida-deeph in the current profile.")
+    sub = parser.add_subparsers(dest="what", metavar="CODE", required=True)
+    openmx = sub.add_parser(
+        "openmx", help="an OpenMX 3.9 executable",
+        description=(
+            "Create an InstalledCode for OpenMX on COMPUTER (or report the existing one with the same label). "
+            "DATA.PATH (the DFT_DATA19 folder holding PAO/ and VPS/ on that computer) is kept with the code "
+            "(extra 'openmx_data_path') and written into every input."
+        ),
+    )
+    openmx.add_argument("--executable", required=True, help="absolute path of openmx on the computer")
+    openmx.add_argument("--data-path", required=True, help="DATA.PATH: the DFT_DATA19 folder on the computer")
+    openmx.add_argument("--label", default="openmx", help="code label (default: openmx)")
+    openmx.add_argument("--computer", default="localhost", help="AiiDA computer label (default: localhost)")
+    openmx.add_argument("--mpiprocs", type=int, default=1,
+                        help="MPI processes per run used by the protocols' builders (default 1)")
+    openmx.add_argument("--profile", default=None, help="AiiDA profile (default: the default profile)")
+    openmx.set_defaults(func=run_setup_openmx)
+
+
+def load_aiida_profile(name=None):
+    from aiida import load_profile
+    from aiida.common.exceptions import ConfigurationError, ProfileConfigurationError
+
+    from aiida_deeph.cli.main import CliError
+
+    try:
+        return load_profile(name, allow_switch=True)
+    except (ProfileConfigurationError, ConfigurationError) as exc:
+        raise CliError(f"no usable AiiDA profile ({str(exc).splitlines()[0]}); create one with `verdi presto`") from None
+
+
+def setup_openmx_code(executable: str, data_path: str, label: str = "openmx", computer: str = "localhost",
+                      mpiprocs: int = 1):
+    """Create or return (code, created) for OpenMX. Raises ValueError with a one-line message."""
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    from aiida_deeph.calculations.openmx import DATA_PATH_EXTRA
+
+    try:
+        comp = orm.load_computer(computer)
+    except NotExistent:
+        raise ValueError(f"no AiiDA computer '{computer}' (see `verdi computer list`; `verdi presto` creates localhost)") from None
+    existing = (orm.QueryBuilder()
+                .append(orm.Computer, filters={"id": comp.pk}, tag="c")
+                .append(orm.InstalledCode, with_computer="c", filters={"label": label})
+                .first(flat=True))
+    if existing is not None:
+        return existing, False
+    if mpiprocs < 1:
+        raise ValueError("--mpiprocs must be at least 1")
+    if comp.transport_type == "core.local":
+        exe = Path(executable)
+        if not exe.is_file():
+            raise ValueError(f"executable {executable} does not exist on {computer}")
+        if not Path(data_path).is_dir():
+            raise ValueError(f"DATA.PATH {data_path} is not a folder on {computer}")
+        if not (Path(data_path) / "PAO").is_dir() or not (Path(data_path) / "VPS").is_dir():
+            raise ValueError(f"DATA.PATH {data_path} has no PAO/ and VPS/ subfolders (OpenMX's DFT_DATA19 layout)")
+    code = orm.InstalledCode(label=label, computer=comp, filepath_executable=executable,
+                             default_calc_job_plugin="deeph.openmx",
+                             description=f"OpenMX 3.9 (DATA.PATH {data_path})",
+                             prepend_text="export OPENBLAS_NUM_THREADS=1\nexport OMP_NUM_THREADS=1")
+    code.store()
+    code.base.extras.set(DATA_PATH_EXTRA, data_path)
+    code.base.extras.set("default_mpiprocs", mpiprocs)
+    return code, True
+
+
+def run_setup_openmx(args) -> int:
+    load_aiida_profile(args.profile)
+    code, created = setup_openmx_code(args.executable, args.data_path, args.label, args.computer, args.mpiprocs)
+    word = "created" if created else "exists:"
+    print(f"{word} code {code.full_label} (pk {code.pk}) -> {code.filepath_executable}; "
+          f"DATA.PATH {code.base.extras.get('openmx_data_path', '?')}")
+    return 0

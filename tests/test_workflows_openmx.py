@@ -1,0 +1,108 @@
+"""OpenmxBaseWorkChain handlers and the DatabaseWorkChain, run through AiiDA with the replay stand-in."""
+import pytest
+from aiida import orm
+from aiida.engine import run_get_node
+
+from aiida_deeph.calculations.openmx import OpenmxCalculation, flatten_keywords
+from aiida_deeph.workflows.database import GROUP_FAILED_EXTRA, DatabaseWorkChain
+from aiida_deeph.workflows.openmx_base import OpenmxBaseWorkChain
+
+from .conftest import corpus_structure
+from .test_openmx_calculation import si_failure_builder
+
+
+def _base_from_calc_builder(calc_builder, max_iterations=2):
+    builder = OpenmxBaseWorkChain.get_builder()
+    builder.openmx = calc_builder._inputs(prune=True)
+    builder.max_iterations = orm.Int(max_iterations)
+    return builder
+
+
+def test_base_workchain_success(openmx_code):
+    builder = OpenmxBaseWorkChain.get_builder_from_protocol(openmx_code, corpus_structure("mp-2534"))
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    assert results["hamiltonian"].base.attributes.get("formula") in ("GaAs", "AsGa")
+    assert len(node.called) == 1
+
+
+def test_scf_not_converged_handler(openmx_code):
+    _, node = run_get_node(_base_from_calc_builder(si_failure_builder(openmx_code, 4)))
+    calcs = sorted(node.called, key=lambda n: n.ctime)
+    assert calcs[0].exit_status == OpenmxCalculation.exit_codes.ERROR_SCF_NOT_CONVERGED.status
+    second = flatten_keywords(calcs[1].inputs.parameters.get_dict())
+    assert float(second["scf.Init.Mixing.Weight"]) == pytest.approx(0.15)
+    assert int(second["scf.maxIter"]) == 8 and second["scf.restart"] == "on"
+    assert calcs[1].inputs.parent_folder.uuid == calcs[0].outputs.remote_folder.uuid
+    # the replay has no recording of the restarted run: the chain ends failed, with a message
+    assert not node.is_finished_ok
+
+
+def test_eigensolver_abort_handler(openmx_code):
+    _, node = run_get_node(_base_from_calc_builder(si_failure_builder(openmx_code, 2)))
+    calcs = sorted(node.called, key=lambda n: n.ctime)
+    assert calcs[0].exit_status == OpenmxCalculation.exit_codes.ERROR_EIGENSOLVER_ABORT.status
+    assert flatten_keywords(calcs[1].inputs.parameters.get_dict())["scf.eigen.lib"] == "elpa2"
+
+
+def test_missing_pao_is_unrecoverable(openmx_code):
+    _, node = run_get_node(_base_from_calc_builder(si_failure_builder(openmx_code, 100, basis_pao="Si7.5-s2p2d1")))
+    assert node.exit_status == OpenmxBaseWorkChain.exit_codes.ERROR_UNRECOVERABLE_FAILURE.status
+    assert len(node.called) == 1 and "Si7.5" in node.exit_message
+
+
+def _count_calcs():
+    return orm.QueryBuilder().append(OpenmxCalculation).count()
+
+
+def test_database_workchain_resumes_and_isolates_failures(openmx_code):
+    label = "test-db-snapshot"
+    inputs = {"code": openmx_code, "source": orm.Str("snapshot"), "limit": orm.Int(3),
+              "group_label": orm.Str(label), "max_concurrent": orm.Int(2)}
+    results, node = run_get_node(DatabaseWorkChain, **inputs)
+    assert node.is_finished_ok, node.exit_message
+    summary = results["summary"].get_dict()
+    assert summary["num_done"] == 3 and summary["num_failed"] == 0
+    group = orm.load_group(label)
+    assert group.count() == 3
+    ids = sorted(n.base.attributes.get("mp_id") for n in group.nodes)
+    assert ids == sorted(d["mp_id"] for d in summary["done"])
+    # the StructureData carries its provenance: a calcfunction from the MP record
+    structure = orm.QueryBuilder().append(orm.StructureData, filters={"extras.mp_id": ids[0]}).one()[0]
+    record = structure.creator.inputs.record.get_dict()
+    assert record["mp_id"] == ids[0] and "database_version" in record and "query" in record
+
+    # re-running the same command computes nothing new
+    before = _count_calcs()
+    results2, node2 = run_get_node(DatabaseWorkChain, **inputs)
+    assert node2.is_finished_ok
+    assert _count_calcs() == before
+    assert results2["summary"]["num_skipped"] == 3 and group.count() == 3
+    # structures are stored once
+    assert orm.QueryBuilder().append(orm.StructureData, filters={"extras.mp_id": ids[0]}).count() == 1
+
+
+def test_database_failure_is_reported_not_added(openmx_code):
+    from pymatgen.core import Lattice, Structure
+
+    good = corpus_structure("mp-22862").store()
+    # a cell with no recorded OpenMX run: the stand-in refuses it, so this structure cannot be computed
+    bad = orm.StructureData(pymatgen=Structure(Lattice.cubic(5.9), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]))
+    bad.base.extras.set("mp_id", "test-unrecorded")
+    bad.store()
+    sgroup = orm.Group(label="test-structures-mixed").store()
+    sgroup.add_nodes([good, bad])
+    inputs = {"code": openmx_code, "source": orm.Str("group"), "structure_group": orm.Str(sgroup.label),
+              "group_label": orm.Str("test-db-mixed"), "overrides": orm.Dict({"max_iterations": 1})}
+    results, node = run_get_node(DatabaseWorkChain, **inputs)
+    assert node.is_finished_ok  # one failed structure never fails the database
+    summary = results["summary"].get_dict()
+    assert summary["num_done"] == 1 and summary["num_failed"] == 1
+    assert summary["failed"][0]["mp_id"] == "test-unrecorded" and summary["failed"][0]["reason"]
+    group = orm.load_group("test-db-mixed")
+    assert [n.base.attributes.get("mp_id") for n in group.nodes] == ["mp-22862"]
+    assert "test-unrecorded" in group.base.extras.get(GROUP_FAILED_EXTRA)
+    # rerun: the failed structure is not recomputed unless asked
+    before = _count_calcs()
+    results2, _ = run_get_node(DatabaseWorkChain, **inputs)
+    assert _count_calcs() == before and results2["summary"]["num_skipped"] == 2
