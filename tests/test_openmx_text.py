@@ -375,7 +375,7 @@ def test_physics_key_normalization():
     ]
     for v in different:
         assert physics_key(v) != k
-    # -0.0 and 0.0, and fractional vs Cartesian coordinates describe the same physics
+    # -0.0 and 0.0 are the same coordinate (units: test_physics_key_units)
     assert canonical_physics(base.replace(" 0.0000000000 0.9602068900", " -0.0000000000 0.9602068900")) == \
         canonical_physics(base)
 

@@ -25,6 +25,21 @@ def register(subparsers) -> None:
     openmx.add_argument("--profile", default=None, help="AiiDA profile (default: the default profile)")
     openmx.set_defaults(func=run_setup_openmx)
 
+    replay = sub.add_parser(
+        "openmx-replay",
+        help="a stand-in 'openmx' that REPLAYS recorded real OpenMX outputs (demo and tests; computes nothing)",
+        description=(
+            "Create an InstalledCode running aiida-deeph's replay stand-in: for an input whose physics matches a "
+            "recorded real OpenMX 3.9 run it copies the recorded outputs back; any other input fails. "
+            "Default recordings: the few shipped in the package; --corpus adds folders of recorded runs."
+        ),
+    )
+    replay.add_argument("--label", default="openmx-replay")
+    replay.add_argument("--computer", default="localhost")
+    replay.add_argument("--corpus", action="append", default=[], help="folder of recorded runs (repeatable)")
+    replay.add_argument("--profile", default=None)
+    replay.set_defaults(func=run_setup_replay)
+
 
 def load_aiida_profile(name=None):
     from aiida import load_profile
@@ -82,4 +97,48 @@ def run_setup_openmx(args) -> int:
     word = "created" if created else "exists:"
     print(f"{word} code {code.full_label} (pk {code.pk}) -> {code.filepath_executable}; "
           f"DATA.PATH {code.base.extras.get('openmx_data_path', '?')}")
+    return 0
+
+
+def shipped_recordings() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("aiida_deeph.resources").joinpath("recordings")))
+
+
+def setup_replay_code(label: str = "openmx-replay", computer: str = "localhost", corpus=()):
+    """Create or return (code, created) for the replay stand-in (recordings: shipped + ``corpus``)."""
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+    from aiida.manage.configuration import get_config
+
+    from aiida_deeph.calculations.openmx import DATA_PATH_EXTRA
+    from aiida_deeph.testing.replay import write_replay_executable
+
+    try:
+        comp = orm.load_computer(computer)
+    except NotExistent:
+        raise ValueError(f"no AiiDA computer '{computer}' (`verdi presto` creates localhost)") from None
+    existing = (orm.QueryBuilder()
+                .append(orm.Computer, filters={"id": comp.pk}, tag="c")
+                .append(orm.InstalledCode, with_computer="c", filters={"label": label})
+                .first(flat=True))
+    if existing is not None:
+        return existing, False
+    roots = [shipped_recordings(), *[Path(c).resolve() for c in corpus]]
+    exe = Path(get_config().dirpath) / "aiida-deeph" / f"{label}-{comp.label}"
+    write_replay_executable(exe, roots)
+    code = orm.InstalledCode(label=label, computer=comp, filepath_executable=str(exe),
+                             default_calc_job_plugin="deeph.openmx",
+                             description="REPLAY stand-in for OpenMX: copies recorded real OpenMX 3.9 outputs, computes nothing")
+    code.store()
+    code.base.extras.set_many({DATA_PATH_EXTRA: "/replay/DFT_DATA19", "deeph_replay": True})
+    return code, True
+
+
+def run_setup_replay(args) -> int:
+    load_aiida_profile(args.profile)
+    code, created = setup_replay_code(args.label, args.computer, args.corpus)
+    word = "created" if created else "exists:"
+    print(f"{word} code {code.full_label} (pk {code.pk}): REPLAYS recorded OpenMX outputs ({code.filepath_executable})")
     return 0

@@ -122,6 +122,8 @@ def parse_out(text: str) -> dict:
     ``timings`` / ``timings_dft`` (name -> max seconds over ranks); ``warnings``; ``complete``
     (the final timing section is there); ``input_text`` (the echoed input).
     """
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("latin-1")
     if not isinstance(text, str):
         raise OpenmxOutputError(f"parse_out expects the .out text as str, got {type(text).__name__}")
     version = _VERSION_RE.search(text)
@@ -273,6 +275,8 @@ def parse_stdout(text: str) -> dict:
     ``warnings`` (WARNNING/WARNING lines), ``last_scf_step`` / ``last_md_step`` from the banners,
     ``scfout_saved``.
     """
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("latin-1")
     if not isinstance(text, str):
         raise OpenmxOutputError(f"parse_stdout expects the stdout text as str, got {type(text).__name__}")
     lines = text.splitlines()
