@@ -14,12 +14,7 @@ import sys
 SUBCOMMANDS = ("convert", "setup", "overlap", "train", "predict", "evaluate", "bands")
 
 
-class CliError(Exception):
-    """An error to print as one line (exit code 1 or ``code``)."""
-
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.code = code
+from aiida_deeph.cli.errors import CliError  # noqa: E402  (re-exported: subcommands raise it)
 
 
 def build_parser() -> argparse.ArgumentParser:
