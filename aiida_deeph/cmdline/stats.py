@@ -251,19 +251,22 @@ def format_stats(stats: dict) -> str:
         if not mapping:
             add("  (none)")
             return
-        cells = [f"{str(k):>{key_header}} {v:>6}" for k, v in mapping.items()]
+        cells = [f"{str(k):>{key_header}}: {v:<6}" for k, v in mapping.items()]
         for i in range(0, len(cells), per_line):
-            add("  " + "   ".join(cells[i:i + per_line]))
+            add(("  " + "  ".join(cells[i:i + per_line])).rstrip())
 
     table("Structures containing each element", stats["elements"], 3)
     table("Structures containing each element pair", stats["element_pairs"], 6, per_line=5)
-    table("Atoms per cell (n: structures)", stats["atoms_per_cell"], 4)
-    table("Elements per structure (n: structures)", stats["elements_per_structure"], 3)
+    table("Structures with n atoms per cell (n: structures)", stats["atoms_per_cell"], 4)
+    table("Structures with n elements (n: structures)", stats["elements_per_structure"], 3)
     if stats["failures"]:
         add("")
         add("Failures recorded by the DatabaseWorkChains:")
-        for f in stats["failures"]:
+        shown = 50
+        for f in stats["failures"][:shown]:
             add(f"  {f['mp_id']}: {f['reason']}")
+        if len(stats["failures"]) > shown:
+            add(f"  ... and {len(stats['failures']) - shown} more (--json lists all)")
     if stats.get("resolved_failures"):
         add("")
         add(f"({len(stats['resolved_failures'])} earlier failure(s) since computed and in the group)")
@@ -277,6 +280,7 @@ def plot_stats(stats: dict, path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure  # no pyplot: no global backend state, nothing to close
+    from matplotlib.ticker import MaxNLocator
 
     elements = sorted(stats["elements"], key=_element_key)
     for pair in stats["element_pairs"]:
@@ -310,6 +314,8 @@ def plot_stats(stats: dict, path) -> Path:
         ax_at.set_xlim(min(hist) - 1, max(hist) + 1)
     else:
         ax_at.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax_at.transAxes)
+    for axis in (ax_el.yaxis, ax_at.xaxis, ax_at.yaxis):
+        axis.set_major_locator(MaxNLocator(integer=True))
     ax_at.set_xlabel("atoms per cell")
     ax_at.set_ylabel("structures")
     ax_at.set_title("Atoms per cell")
@@ -328,7 +334,10 @@ def plot_stats(stats: dict, path) -> Path:
         masked = np.ma.masked_invalid(matrix)
         image = ax_hm.imshow(masked, cmap="viridis", norm=norm, vmin=None if norm else 0,
                              vmax=None if norm else vmax)
-        fig.colorbar(image, ax=ax_hm, shrink=0.8, label="structures")
+        bar = fig.colorbar(image, ax=ax_hm, shrink=0.8, label="structures")
+        if norm is None:
+            bar.locator = MaxNLocator(integer=True)
+            bar.update_ticks()
         if ne <= 12:
             for i in range(ne):
                 for j in range(i + 1):
