@@ -1,0 +1,23 @@
+"""``aiida-deeph evaluate``: gauge-corrected metrics of a model on data, as JSON (no aiida needed)."""
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="metrics (meV) of a trained DeepH-2 model on data, as JSON")
+    p.add_argument("--model", required=True, metavar="MODEL_DIR")
+    p.add_argument("--data", nargs="+", required=True, metavar="PATH")
+    p.add_argument("--device", default=None)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--no-per-structure", action="store_true", help="leave out the per-structure table")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from aiida_deeph.ml.evaluate import evaluate
+
+    result = evaluate(args.model, args.data, device=args.device, num_workers=args.workers,
+                      per_structure=not args.no_per_structure)
+    print(json.dumps(result, indent=1, default=float))
+    return 0

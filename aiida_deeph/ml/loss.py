@@ -1,0 +1,167 @@
+"""Gauge-invariant loss and metrics (pure: torch, numpy).
+
+``H`` and ``H + dmu * S`` describe the same physics (a shift of the energy zero).  Per structure
+
+    dmu = Re sum (H_pred - H_true) S* / sum |S|^2
+
+is the shift that best aligns the prediction with the truth; the loss compares ``H_pred`` with
+``H_true + dmu * S``.  The loss and the *corrected* MAE are exactly unchanged by ``H_true -> H_true + c S``.
+
+Metric definitions (all in meV, mean absolute error over matrix entries):
+
+* ``mae``: every entry of every block, gauge-corrected; ``mae_uncorrected``: same without correction.
+* ``per_element[X]``: entries of the blocks (on-site and hopping) whose two atoms include element
+  X (an A-B block counts for A and for B; an A-A block once).
+* ``per_element_pair["A-B"]``: entries of the blocks between an A and a B atom (unordered, A <= B
+  alphabetically).
+* ``per_structure[name]``: corrected MAE of each structure (and ``uncorrected``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def gauge_shift(pred, true, S, entry_batch, num_structures: int):
+    """dmu per structure (real matrices: Re(. S*) = . S)."""
+    num = torch.zeros(num_structures, dtype=pred.dtype, device=pred.device).index_add_(0, entry_batch, (pred - true) * S)
+    den = torch.zeros(num_structures, dtype=pred.dtype, device=pred.device).index_add_(0, entry_batch, S * S)
+    return num / den.clamp_min(1e-30)
+
+
+def gauge_residual(pred, true, S, entry_batch, num_structures: int, correct: bool = True):
+    """``pred - (true + dmu S)`` per entry (or ``pred - true`` without correction)."""
+    if not correct or S is None:
+        return pred - true
+    dmu = gauge_shift(pred, true, S, entry_batch, num_structures)
+    return pred - (true + dmu[entry_batch] * S)
+
+
+def gauge_loss(pred, true, S, entry_batch, num_structures: int, kind: str = "huber", delta: float = 0.01,
+               weights=None, correct: bool = True):
+    """Mean over structures of the mean (optionally weighted) per-entry loss of the corrected residual."""
+    r = gauge_residual(pred, true, S, entry_batch, num_structures, correct)
+    if kind == "huber":
+        a = r.abs()
+        per = torch.where(a < delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+    elif kind == "mse":
+        per = r * r
+    elif kind == "mae":
+        per = r.abs()
+    else:
+        raise ValueError(f"unknown loss {kind!r} (huber, mse, mae)")
+    w = torch.ones_like(per) if weights is None else weights
+    num = torch.zeros(num_structures, dtype=per.dtype, device=per.device).index_add_(0, entry_batch, per * w)
+    den = torch.zeros(num_structures, dtype=per.dtype, device=per.device).index_add_(0, entry_batch, w)
+    return (num / den.clamp_min(1e-30)).mean()
+
+
+class MetricAccumulator:
+    """Accumulates absolute errors (eV) per element, element pair and structure; reports meV."""
+
+    def __init__(self, elements):
+        self.elements = list(elements)
+        n = len(self.elements)
+        self.el_sum = np.zeros((2, n))
+        self.el_cnt = np.zeros(n)
+        self.pair_sum = np.zeros((2, n, n))
+        self.pair_cnt = np.zeros((n, n))
+        self.total = np.zeros(2)
+        self.count = 0
+        self.per_structure: dict = {}
+
+    @torch.no_grad()
+    def add_batch(self, g: dict, pred: torch.Tensor, names) -> None:
+        B = len(names)
+        pred = pred.detach().to(torch.float64)
+        true = g["H"].to(pred)
+        S = g["S"].to(pred)
+        eb = g["entry_batch"]
+        res_c = gauge_residual(pred, true, S, eb, B).abs()
+        res_u = (pred - true).abs()
+        species = g["species"]
+        zi = species[g["pair_i"]][g["entry_pair"]]
+        zj = species[g["pair_j"]][g["entry_pair"]]
+        n = len(self.elements)
+        for k, res in enumerate((res_c, res_u)):
+            pair_key = (torch.minimum(zi, zj) * n + torch.maximum(zi, zj))
+            ps = torch.zeros(n * n, dtype=res.dtype, device=res.device).index_add_(0, pair_key, res)
+            self.pair_sum[k] += ps.view(n, n).cpu().numpy()
+            es = torch.zeros(n, dtype=res.dtype, device=res.device).index_add_(0, zi, res)
+            es.index_add_(0, zj, torch.where(zi != zj, res, torch.zeros_like(res)))
+            self.el_sum[k] += es.cpu().numpy()
+            self.total[k] += float(res.sum())
+            sums = torch.zeros(B, dtype=res.dtype, device=res.device).index_add_(0, eb, res).cpu().numpy()
+            cnts = torch.bincount(eb, minlength=B).cpu().numpy()
+            for b, name in enumerate(names):
+                entry = self.per_structure.setdefault(name, [0.0, 0.0, 0])
+                entry[k] += float(sums[b])
+                if k == 0:
+                    entry[2] += int(cnts[b])
+        ones = torch.ones_like(res_c)
+        pair_key = (torch.minimum(zi, zj) * n + torch.maximum(zi, zj))
+        self.pair_cnt += torch.zeros(n * n, dtype=ones.dtype, device=ones.device).index_add_(0, pair_key, ones).view(n, n).cpu().numpy()
+        ec = torch.zeros(n, dtype=ones.dtype, device=ones.device).index_add_(0, zi, ones)
+        ec.index_add_(0, zj, (zi != zj).to(ones.dtype))
+        self.el_cnt += ec.cpu().numpy()
+        self.count += int(pred.numel())
+
+    def state(self) -> np.ndarray:
+        """Flat vector of the additive parts (for all_reduce across ranks); per_structure excluded."""
+        return np.concatenate([self.el_sum.ravel(), self.el_cnt, self.pair_sum.ravel(), self.pair_cnt.ravel(),
+                               self.total, [self.count]])
+
+    def load_state(self, vec: np.ndarray) -> None:
+        n = len(self.elements)
+        k = 0
+
+        def take(size, shape):
+            nonlocal k
+            out = np.asarray(vec[k:k + size]).reshape(shape)
+            k += size
+            return out
+
+        self.el_sum = take(2 * n, (2, n))
+        self.el_cnt = take(n, (n,))
+        self.pair_sum = take(2 * n * n, (2, n, n))
+        self.pair_cnt = take(n * n, (n, n))
+        self.total = take(2, (2,))
+        self.count = int(take(1, (1,))[0])
+
+    @property
+    def mae_meV(self) -> float:
+        return float(1000.0 * self.total[0] / self.count) if self.count else math.nan
+
+    def result(self, per_structure: bool = True) -> dict:
+        n = len(self.elements)
+        out = {
+            "mae_meV": self.mae_meV,
+            "mae_uncorrected_meV": float(1000.0 * self.total[1] / self.count) if self.count else math.nan,
+            "num_entries": self.count,
+            "num_structures": len(self.per_structure),
+            "per_element_meV": {},
+            "per_element_uncorrected_meV": {},
+            "per_element_pair_meV": {},
+            "per_element_pair_uncorrected_meV": {},
+            "per_element_pair_entries": {},
+        }
+        for a in range(n):
+            if self.el_cnt[a]:
+                out["per_element_meV"][self.elements[a]] = float(1000.0 * self.el_sum[0, a] / self.el_cnt[a])
+                out["per_element_uncorrected_meV"][self.elements[a]] = float(1000.0 * self.el_sum[1, a] / self.el_cnt[a])
+        for a in range(n):
+            for b in range(a, n):
+                if self.pair_cnt[a, b]:
+                    x, y = sorted((self.elements[a], self.elements[b]))
+                    key = f"{x}-{y}"
+                    out["per_element_pair_meV"][key] = float(1000.0 * self.pair_sum[0, a, b] / self.pair_cnt[a, b])
+                    out["per_element_pair_uncorrected_meV"][key] = float(1000.0 * self.pair_sum[1, a, b] / self.pair_cnt[a, b])
+                    out["per_element_pair_entries"][key] = int(self.pair_cnt[a, b])
+        if per_structure:
+            out["per_structure_meV"] = {
+                name: {"mae_meV": 1000.0 * c / k, "mae_uncorrected_meV": 1000.0 * u / k, "num_entries": k}
+                for name, (c, u, k) in sorted(self.per_structure.items()) if k
+            }
+        return out

@@ -1,0 +1,150 @@
+"""Equivariance / invariance of the DeepH-2 model on real corpus structures (float64)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("e3nn")
+
+from aiida_deeph.io.packed import PackedHamiltonian  # noqa: E402
+from aiida_deeph.ml.harmonics import atom_wigner_D  # noqa: E402
+from aiida_deeph.ml.model import DeepH2, ModelConfig, basis_metadata  # noqa: E402
+
+try:
+    from .conftest import corpus_dir
+    CORPUS = corpus_dir()
+except ImportError:  # pragma: no cover
+    CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "openmx-corpus"
+
+
+def load_corpus(mp_id: str) -> PackedHamiltonian:
+    from aiida_deeph.io.openmx import find_run_files, scfout_to_packed
+    from aiida_deeph.io.scfout import read_scfout
+
+    folder = CORPUS / mp_id
+    if not folder.is_dir():
+        pytest.skip(f"corpus structure {mp_id} not available")
+    return scfout_to_packed(read_scfout(find_run_files(folder)["scfout"]))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def ham():
+    # three elements, three different bases (s3p2, s2p2d1, s3p2d1), hoppings i == j with R != 0
+    return load_corpus("mp-10182")
+
+
+@pytest.fixture(scope="module")
+def model(ham):
+    torch.manual_seed(0)
+    ols, rc = basis_metadata(ham)
+    cfg = ModelConfig.preset("tiny", num_blocks=2, channels=8).with_elements(ols, rc)
+    m = DeepH2(cfg).double()
+    # make the output heads non-trivial (biases are zero-initialised)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+def blocks(ham, flat):
+    return [flat[ham.offsets[p]:ham.offsets[p + 1]].reshape(ham.block_shape(p)) for p in range(ham.num_pairs)]
+
+
+def transformed(ham: PackedHamiltonian, R: np.ndarray, shift=np.zeros(3)) -> PackedHamiltonian:
+    new = ham.copy()
+    new.positions = ham.positions @ R.T + shift
+    new.cell = ham.cell @ R.T
+    return new
+
+
+def check_covariant(ham, model, R, tol=1e-10):
+    H0 = blocks(ham, model.predict(ham))
+    H1 = blocks(ham, model.predict(transformed(ham, R)))
+    Rt = torch.tensor(R, dtype=torch.float64)
+    Dat = {el: atom_wigner_D(ls, Rt).numpy() for el, ls in ham.orbital_ls.items()}
+    scale = max(np.abs(b).max() for b in H0)
+    err = 0.0
+    for p, (i, j) in enumerate(ham.atom_pairs[:, 3:]):
+        Di, Dj = Dat[ham.species[i]], Dat[ham.species[j]]
+        err = max(err, np.abs(Di @ H0[p] @ Dj.T - H1[p]).max())
+    assert scale > 1e-3
+    assert err < tol * max(scale, 1.0), err
+    return err
+
+
+def random_rotation(seed):
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.random(random_state=seed).as_matrix()
+
+
+def test_rotation_equivariance(ham, model):
+    check_covariant(ham, model, random_rotation(1))
+
+
+def test_inversion_equivariance(ham, model):
+    check_covariant(ham, model, -np.eye(3))
+
+
+def test_improper_rotation_equivariance(ham, model):
+    check_covariant(ham, model, -random_rotation(2))
+
+
+def test_translation_invariance(ham, model):
+    H0 = model.predict(ham)
+    H1 = model.predict(transformed(ham, np.eye(3), shift=np.array([0.37, -1.2, 2.5])))
+    assert np.abs(H0 - H1).max() < 1e-10
+
+
+def test_permutation_invariance(ham, model):
+    n = ham.num_atoms
+    perm = np.roll(np.arange(n), 1)          # new atom k = old atom perm[k]
+    inv = np.argsort(perm)
+    new_pairs = ham.atom_pairs.copy()
+    new_pairs[:, 3] = inv[ham.atom_pairs[:, 3]]
+    new_pairs[:, 4] = inv[ham.atom_pairs[:, 4]]
+    permuted = PackedHamiltonian(
+        cell=ham.cell, positions=ham.positions[perm], species=[ham.species[k] for k in perm],
+        orbital_ls=ham.orbital_ls, atom_pairs=new_pairs, offsets=ham.offsets, hamiltonian=ham.hamiltonian,
+        overlap=ham.overlap, meta=ham.meta,
+    )
+    permuted.validate()
+    H0 = model.predict(ham)
+    H1 = model.predict(permuted)            # same pair rows in the same order, only labels changed
+    assert np.abs(H0 - H1).max() < 1e-10
+
+
+def test_image_choice_invariance(ham, model):
+    """Wrapping an atom into another cell (R of its pairs shifted) leaves every block unchanged."""
+    k, T = 1, np.array([1, -1, 2])
+    moved = ham.copy()
+    moved.positions = ham.positions.copy()
+    moved.positions[k] += T @ ham.cell
+    ap = ham.atom_pairs.copy()
+    # <i,0|H|j,R>: r_j + R - r_i must stay the same
+    ap[ap[:, 4] == k, :3] -= T
+    ap[ap[:, 3] == k, :3] += T
+    moved.atom_pairs = ap
+    moved.validate()
+    H0 = model.predict(ham)
+    H1 = model.predict(moved)
+    assert np.abs(H0 - H1).max() < 1e-10
+
+
+def test_hermiticity(ham, model):
+    H = blocks(ham, model.predict(ham))
+    index = ham.pair_index()
+    for p, (R1, R2, R3, i, j) in enumerate(ham.atom_pairs):
+        q = index[(-R1, -R2, -R3, j, i)]
+        assert np.abs(H[p] - H[q].T).max() < 1e-12
