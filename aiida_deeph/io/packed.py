@@ -335,6 +335,9 @@ def write_packed(path, structures, compression: str | None = "gzip") -> None:
                 ham.write_group(group.create_group(str(name)), compression=compression)
                 count += 1
             handle.attrs["num_structures"] = count
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
