@@ -17,6 +17,90 @@ import scipy.linalg as sla
 from aiida_deeph.io.packed import PackedHamiltonian
 
 
+# ---------------------------------------------------------------------- BLAS threads
+_BLAS_SYMBOLS = (
+    ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+    ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
+    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+    ("openblas_set_num_threads", "openblas_get_num_threads"),
+)
+_blas_handles = None
+
+
+def _openblas_handles() -> list:
+    """(set, get) functions of every OpenBLAS loaded in this process (numpy's and scipy's own copies)."""
+    global _blas_handles
+    if _blas_handles is not None:
+        return _blas_handles
+    import ctypes
+
+    handles, seen = [], set()
+    try:
+        with open("/proc/self/maps", encoding="utf8") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
+    except OSError:
+        paths = set()
+    for path in sorted(paths):
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for set_name, get_name in _BLAS_SYMBOLS:
+            if hasattr(lib, set_name) and hasattr(lib, get_name):
+                setter, getter = getattr(lib, set_name), getattr(lib, get_name)
+                setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
+                handles.append((setter, getter))
+                break
+    _blas_handles = handles
+    return handles
+
+
+class blas_threads:
+    """Context manager limiting OpenBLAS threads (best effort; threadpoolctl when installed).
+
+    Small generalized eigenproblems run ~100x slower with contending BLAS threads, and threads over
+    k-points already use the cores, so the band solvers run BLAS single-threaded for them.
+    """
+
+    def __init__(self, n: int | None):
+        self.n = n
+        self._restore: list = []
+        self._ctl = None
+
+    def __enter__(self):
+        if self.n is None:
+            return self
+        try:
+            from threadpoolctl import threadpool_limits
+
+            self._ctl = threadpool_limits(limits=int(self.n), user_api="blas")
+            return self
+        except ImportError:
+            pass
+        for setter, getter in _openblas_handles():
+            try:
+                self._restore.append((setter, int(getter())))
+                setter(int(self.n))
+            except Exception:  # pragma: no cover - never fail a band calculation over this
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        if self._ctl is not None:
+            self._ctl.restore_original_limits()
+        for setter, old in self._restore:
+            setter(old)
+        self._restore = []
+
+
+def _blas_limit(num_orbitals: int, threads: int) -> int | None:
+    """BLAS threads for the per-k solves: 1 when threading over k or for small matrices."""
+    return 1 if (threads > 1 or num_orbitals < 600) else None
+
+
 class BandsError(ValueError):
     """Input that cannot give band energies (NaN/Inf, missing H or S)."""
 
@@ -74,14 +158,484 @@ def band_energies(ham: PackedHamiltonian, kpoints, s_threshold: float = 1e-7, th
         return _solve_one(hk, sk, s_threshold)
 
     threads = threads or min(len(kpoints), os.cpu_count() or 1)
-    if threads > 1 and len(kpoints) > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            results = list(pool.map(work, kpoints))
-    else:
-        results = [work(k) for k in kpoints]
+    with blas_threads(_blas_limit(ham.num_orbitals, threads if len(kpoints) > 1 else 1)):
+        if threads > 1 and len(kpoints) > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                results = list(pool.map(work, kpoints))
+        else:
+            results = [work(k) for k in kpoints]
     return BandResult(
         kpoints=kpoints,
         eigenvalues=np.array([r[0] for r in results]),
         dropped=np.array([r[1] for r in results]),
         min_s_eigenvalue=min(r[2] for r in results),
     )
+
+
+# ====================================================================== Fermi level, gaps
+BOLTZMANN_EV_PER_K = 8.617333262e-5
+
+
+OPENMX_SHIFT_K_POINT = 1.0e-6  # OpenMX's ``Shift_K_Point`` (openmx_common.h), added as (+1, -1, +2) x shift
+
+
+def monkhorst_pack(grid, time_reversal: bool = True, openmx_shift: bool = True) -> tuple:
+    """OpenMX's k-mesh: ``k_i = -1/2 + (2 m + 1) / (2 n_i)``, m = 0..n_i-1 (0 for n_i = 1).
+
+    This is the mesh OpenMX 3.9 prints in its ``.out`` (``kloop``; an 8-grid starts at -0.4375, a
+    7-grid at -0.42857): symmetric about Gamma, shifted by half a step for even n, Gamma-centred for odd
+    n. OpenMX also adds ``Shift_K_Point`` = 1e-6 times (+1, -1, +2) to axes with n > 1 (a 7-grid point
+    -0.2857143 prints as -0.28572 on the second axis); ``openmx_shift`` reproduces that. With
+    ``time_reversal`` (real H(R), no spin-orbit: E(k) = E(-k)) k and -k are merged and the weight
+    doubled, as OpenMX does. Returns ``(kpoints (nk, 3), weights (nk,) summing to 1)``.
+    """
+    grid = [max(1, int(n)) for n in grid]
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in grid], indexing="ij"), axis=-1).reshape(-1, 3)
+    n_arr = np.array(grid)
+    lab = 2 * index + 1 - n_arr  # integer label of -1/2 + (2m+1)/(2n), times 2n: -k has label -lab
+    lab[:, n_arr == 1] = 0
+    mesh = lab / (2.0 * n_arr)
+    if openmx_shift:
+        mesh = mesh + np.where(n_arr > 1, OPENMX_SHIFT_K_POINT * np.array([1.0, -1.0, 2.0]), 0.0)
+    weights = np.full(len(mesh), 1.0 / len(mesh))
+    if not time_reversal:
+        return mesh, weights
+    keep, w = [], []
+    seen: dict = {}
+    for idx, (row, neg) in enumerate(zip(map(tuple, lab.tolist()), map(tuple, (-lab).tolist()))):
+        key = min(row, neg)
+        if key in seen:
+            w[seen[key]] += weights[idx]
+        else:
+            seen[key] = len(keep)
+            keep.append(idx)
+            w.append(weights[idx])
+    return mesh[keep], np.array(w)
+
+
+def _occupation(x: np.ndarray) -> np.ndarray:
+    """Fermi-Dirac occupation 1 / (1 + exp(x)), overflow-safe."""
+    from scipy.special import expit
+
+    return expit(-x)
+
+
+def intrinsic_fermi_level(eigenvalues, weights, num_electrons: float, temperature: float = 300.0,
+                          spin_degeneracy: float = 2.0, min_gap_kT: float = 20.0):
+    """Fermi level (eV) of a GAPPED spectrum at ``temperature``, or None when there is no clear gap.
+
+    Inside a gap wider than ~1.8 eV the Fermi-Dirac electron count is flat to machine precision, so a
+    plain bisection stops wherever rounding sends it (near the VBM or near the CBM). Here the root of
+    holes = electrons is solved in log space with Boltzmann tails (exact to ~exp(-gap/kT)):
+    ``mu = kT/2 [ln sum_v w exp(e_v/kT) - ln sum_c w exp(-e_c/kT)]`` (mid-gap plus the
+    density-of-states correction). ``eigenvalues`` (nk, nb) eV (NaN ignored), ``weights`` (nk,).
+    None when the electron count is not a whole number of bands or the gap is below
+    ``min_gap_kT`` kT (there the ordinary bisection is well conditioned).
+    """
+    from scipy.special import logsumexp
+
+    e = np.atleast_2d(np.asarray(eigenvalues, dtype=np.float64))
+    w = np.broadcast_to(np.asarray(weights, dtype=np.float64).reshape(-1, 1), e.shape)
+    nocc = float(num_electrons) / spin_degeneracy
+    n = int(round(nocc))
+    if abs(nocc - n) > 1e-6 or n < 1 or n >= e.shape[1]:
+        return None
+    srt = np.sort(np.where(np.isfinite(e), e, np.inf), axis=1)
+    vb, cb = srt[:, :n], srt[:, n:]
+    if not np.all(np.isfinite(vb)):
+        return None
+    kt = BOLTZMANN_EV_PER_K * float(temperature)
+    vbm, cbm = float(vb.max()), float(np.min(cb))
+    if not cbm - vbm > min_gap_kT * kt:
+        return None
+    wv = np.broadcast_to(w[:, :1], vb.shape)
+    good = np.isfinite(cb)
+    ln_a = logsumexp((vb - vbm) / kt, b=wv) + vbm / kt
+    ln_b = logsumexp(-(cb[good] - cbm) / kt, b=np.broadcast_to(w[:, :1], cb.shape)[good]) - cbm / kt
+    return float(0.5 * kt * (ln_a - ln_b))
+
+
+def fermi_from_eigenvalues(eigenvalues, weights, num_electrons: float, temperature: float = 300.0,
+                           spin_degeneracy: float = 2.0, tol: float = 1e-12) -> float:
+    """Chemical potential (eV) with ``sum_k w_k g sum_n f(e_nk)`` = ``num_electrons``.
+
+    NaN eigenvalues (dropped S directions) are ignored. For a spectrum with a gap wider than 20 kT
+    at a whole number of filled bands the count is flat to machine precision inside the gap, so a
+    bisection would stop wherever rounding sends it (near the VBM or the CBM): there the intrinsic
+    level (holes = electrons, :func:`intrinsic_fermi_level`) is returned. Otherwise: bisection.
+    """
+    e = np.asarray(eigenvalues, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1, 1) * spin_degeneracy
+    w = np.broadcast_to(w, e.shape)
+    good = np.isfinite(e)
+    e, w = e[good], w[good]
+    capacity = float(w.sum())
+    if not 0.0 < num_electrons < capacity - 1e-9:
+        raise BandsError(f"{num_electrons} electrons do not fit in the {capacity:.1f} states of the basis")
+    kt = BOLTZMANN_EV_PER_K * float(temperature)
+    if kt <= 0:
+        raise BandsError(f"temperature must be positive, got {temperature}")
+    mu = intrinsic_fermi_level(eigenvalues, weights, num_electrons, temperature, spin_degeneracy)
+    if mu is not None:
+        return mu
+
+    def count(mu):
+        return float(np.dot(w, _occupation((e - mu) / kt)))
+
+    lo, hi = float(e.min()) - 50.0 * kt - 1.0, float(e.max()) + 50.0 * kt + 1.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if count(mid) < num_electrons:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < tol:
+            break
+    return 0.5 * (lo + hi)
+
+
+def fermi_level(ham: PackedHamiltonian, num_electrons: float | None = None, kmesh=None, spacing: float = 0.30,
+                kmax: int | None = 8, temperature: float = 300.0, basis_table: str = "corpus",
+                threads: int | None = None, s_threshold: float = 1e-7) -> dict:
+    """Fermi level (eV) of ``ham`` from its electron count, as OpenMX finds it.
+
+    - electrons: ``num_electrons``, else ``ham.num_electrons``, else the valence per element of the
+      basis table (protocol) ``basis_table``;
+    - k-mesh: ``kmesh`` (n1, n2, n3) or the protocol rule ``ceil(|b_i| / spacing)`` capped at ``kmax``
+      (|b_i| in 1/Angstrom, 2 pi included; the rule of the OpenMX inputs), OpenMX's mesh convention
+      (:func:`monkhorst_pack`), time-reversal halved;
+    - Fermi-Dirac at ``temperature`` K, spin-degenerate (2 electrons per band): bisection, or the
+      intrinsic mid-gap level for a gap wider than 20 kT (:func:`fermi_from_eigenvalues`).
+
+    Returns ``fermi_energy_eV``, ``num_electrons``, ``electrons_source``, ``kmesh``, ``num_kpoints``,
+    ``temperature``, ``vbm_eV``/``cbm_eV``/``gap_eV`` on the mesh (gap 0 for a metal),
+    ``is_metal``, ``dropped_s_eigenvectors`` (max over the mesh).
+    """
+    if num_electrons is not None:
+        source = "argument"
+    elif ham.num_electrons is not None:
+        num_electrons, source = float(ham.num_electrons), "hamiltonian"
+    else:
+        from aiida_deeph.physics.basis import load_basis_table
+
+        num_electrons = load_basis_table(basis_table).num_electrons(ham.species)
+        source = f"basis table '{basis_table}' valence"
+    if kmesh is None:
+        from aiida_deeph.io.openmx_input import kpoint_grid
+
+        kmesh = kpoint_grid(ham.cell, spacing, kmax)
+    kmesh = [int(n) for n in kmesh]
+    kpts, weights = monkhorst_pack(kmesh)
+    res = band_energies(ham, kpts, s_threshold=s_threshold, threads=threads)
+    mu = fermi_from_eigenvalues(res.eigenvalues, weights, float(num_electrons), temperature)
+    gap = band_gap(res.eigenvalues, mu)
+    return {
+        "fermi_energy_eV": mu,
+        "num_electrons": float(num_electrons),
+        "electrons_source": source,
+        "kmesh": kmesh,
+        "num_kpoints": int(len(kpts)),
+        "temperature": float(temperature),
+        "vbm_eV": gap["vbm_eV"],
+        "cbm_eV": gap["cbm_eV"],
+        "gap_eV": gap["gap_eV"],
+        "is_metal": gap["is_metal"],
+        "dropped_s_eigenvectors": int(res.dropped.max()) if len(res.dropped) else 0,
+    }
+
+
+def band_gap(eigenvalues, fermi: float) -> dict:
+    """Band gap of band energies ``eigenvalues`` (nk, nbands) eV (NaN ignored) around ``fermi`` (eV).
+
+    Metal (the number of states below ``fermi`` changes between k-points, or a state sits at it):
+    ``gap_eV`` 0 and ``is_metal`` True. Otherwise the fundamental gap ``cbm - vbm`` with the k indices
+    of the band edges, ``direct`` (edges at the same k, within 1e-6 eV), and the smallest direct gap.
+    """
+    e = np.atleast_2d(np.asarray(eigenvalues, dtype=np.float64))
+    nocc = np.sum(np.isfinite(e) & (e <= fermi), axis=1)
+    out = {"gap_eV": 0.0, "is_metal": True, "direct": None, "vbm_eV": None, "cbm_eV": None,
+           "vbm_k_index": None, "cbm_k_index": None, "direct_gap_eV": None, "num_occupied_bands": None,
+           "fermi_energy_eV": float(fermi)}
+    if e.size == 0 or nocc.min() != nocc.max():
+        return out
+    n = int(nocc[0])
+    srt = np.sort(np.where(np.isfinite(e), e, np.inf), axis=1)
+    if n == 0 or n >= e.shape[1] or not np.any(np.isfinite(srt[:, n])):
+        # everything empty / everything full: no gap to speak of around fermi
+        out["num_occupied_bands"] = n
+        return out
+    vb, cb = srt[:, n - 1], srt[:, n]
+    kv, kc = int(np.argmax(vb)), int(np.argmin(cb))
+    gap = float(cb[kc] - vb[kv])
+    direct_each = cb - vb
+    kd = int(np.argmin(direct_each))
+    out.update({
+        "gap_eV": gap, "is_metal": gap <= 0.0, "vbm_eV": float(vb[kv]), "cbm_eV": float(cb[kc]),
+        "vbm_k_index": kv, "cbm_k_index": kc, "direct_gap_eV": float(direct_each[kd]),
+        "direct": bool(kv == kc or direct_each[kd] - gap < 1e-6), "num_occupied_bands": n,
+    })
+    if gap <= 0.0:
+        out["gap_eV"] = 0.0
+    return out
+
+
+# ====================================================================== sparse shift-invert
+DENSE_MAX_ORBITALS = 3000
+
+
+@dataclass
+class WindowResult:
+    """Bands in an energy window (or a number of bands around an energy) at each k.
+
+    ``eigenvalues`` is a list (one array per k, ascending; lengths may differ in window mode);
+    ``padded()`` gives an (nk, max) array with NaN.
+    """
+    kpoints: np.ndarray
+    eigenvalues: list
+    dropped: np.ndarray
+    min_s_eigenvalue: float
+    solver: str
+    sigma: float
+
+    def padded(self) -> np.ndarray:
+        width = max((len(e) for e in self.eigenvalues), default=0)
+        out = np.full((len(self.eigenvalues), width), np.nan)
+        for n, e in enumerate(self.eigenvalues):
+            out[n, :len(e)] = e
+        return out
+
+
+class SparseK:
+    """H(k), S(k) as scipy CSR matrices built straight from the packed entries (never dense)."""
+
+    def __init__(self, ham: PackedHamiltonian):
+        rows, cols, pair_of_entry = ham.entry_rows_cols()
+        n = ham.num_orbitals
+        lin = rows * n + cols
+        uniq, inverse = np.unique(lin, return_inverse=True)
+        self.n = n
+        self.ham = ham
+        self.inverse = inverse
+        self.pair_of_entry = pair_of_entry
+        self.indices = (uniq % n).astype(np.int32 if n < 2**31 else np.int64)
+        counts = np.bincount(uniq // n, minlength=n)
+        self.indptr = np.concatenate([[0], np.cumsum(counts)]).astype(self.indices.dtype)
+        self.nnz = len(uniq)
+        self.R = ham.atom_pairs[:, :3].astype(np.float64)
+
+    def matrix(self, k, which: str):
+        import scipy.sparse as sp
+
+        data = getattr(self.ham, which)
+        if data is None:
+            raise BandsError(f"the Hamiltonian holds no {which}")
+        phase = np.exp(2j * np.pi * (self.R @ np.asarray(k, dtype=np.float64)))[self.pair_of_entry]
+        w = data * phase
+        vals = np.bincount(self.inverse, weights=w.real, minlength=self.nnz) + 1j * np.bincount(
+            self.inverse, weights=w.imag, minlength=self.nnz)
+        m = sp.csr_matrix((vals, self.indices, self.indptr), shape=(self.n, self.n))
+        return ((m + m.conj().T) * 0.5).tocsc()
+
+
+def _select_around(e: np.ndarray, sigma: float, n_below: int, n_above: int):
+    below = e[e <= sigma]
+    above = e[e > sigma]
+    if len(below) < n_below or len(above) < n_above:
+        return None
+    return np.concatenate([below[len(below) - n_below:], above[:n_above]])
+
+
+def _window_dense(hk, sk, s_threshold, emin, emax, sigma, n_below, n_above):
+    e, dropped, smin = _solve_one(hk, sk, s_threshold)
+    e = e[np.isfinite(e)]
+    if emin is not None:
+        return e[(e >= emin) & (e <= emax)], dropped, smin
+    sel = _select_around(e, sigma, n_below, n_above)
+    if sel is None:  # fewer bands than asked on one side: give what there is
+        below, above = e[e <= sigma], e[e > sigma]
+        sel = np.concatenate([below[max(0, len(below) - n_below):], above[:n_above]])
+    return sel, dropped, smin
+
+
+def _window_sparse(sk_builder: SparseK, k, s_threshold, emin, emax, sigma, n_below, n_above, tol, check_s):
+    import scipy.sparse.linalg as spla
+
+    hk = sk_builder.matrix(k, "hamiltonian")
+    skm = sk_builder.matrix(k, "overlap")
+    n = sk_builder.n
+    smin = np.nan
+    if check_s:
+        # Sylvester inertia of S(k) - t I (symmetric-mode LU, diagonal pivots): the number of S(k)
+        # eigenvalues below the threshold t, without an eigensolver
+        import scipy.sparse as sp
+
+        n_small = -1
+        try:
+            lu = spla.splu((skm - s_threshold * sp.identity(n, format="csc")).tocsc(), permc_spec="MMD_AT_PLUS_A",
+                           diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+            n_small = int(np.sum(lu.U.diagonal().real < 0))
+        except RuntimeError:  # exactly singular: certainly ill-conditioned
+            n_small = -1
+        if n_small != 0:
+            if n > 20000:
+                raise BandsError(f"S(k) at k={[float(x) for x in k]} has eigenvalues below {s_threshold:g} and the "
+                                 "cell is too large for the dense fallback (canonical orthogonalisation)")
+            return _window_dense(hk.toarray(), skm.toarray(), s_threshold, emin, emax, sigma, n_below, n_above)
+    want = (n_below + n_above + 8) if emin is None else 32
+    want = min(want, n - 2)
+    while True:
+        vals = spla.eigsh(hk, k=want, M=skm, sigma=sigma, which="LM", return_eigenvectors=False, tol=tol)
+        e = np.sort(np.asarray(vals).real)
+        if emin is None:
+            sel = _select_around(e, sigma, n_below, n_above)
+            if sel is not None or want >= n - 2:
+                if sel is None:
+                    below, above = e[e <= sigma], e[e > sigma]
+                    sel = np.concatenate([below[max(0, len(below) - n_below):], above[:n_above]])
+                return sel, 0, smin
+        else:
+            # all eigenvalues inside [emin, emax] found once the farthest one found lies outside it
+            reach = np.max(np.abs(e - sigma))
+            if reach > max(sigma - emin, emax - sigma) or want >= n - 2:
+                return e[(e >= emin) & (e <= emax)], 0, smin
+        want = min(2 * want, n - 2)
+
+
+def band_energies_window(ham: PackedHamiltonian, kpoints, emin: float | None = None, emax: float | None = None,
+                         num_bands: int | None = None, sigma: float | None = None, solver: str = "auto",
+                         s_threshold: float = 1e-7, threads: int | None = None, tol: float = 0.0,
+                         check_s: bool = True, dense_max_orbitals: int = DENSE_MAX_ORBITALS) -> WindowResult:
+    """Bands in an energy window ``[emin, emax]`` (eV), or ``num_bands`` bands around ``sigma``.
+
+    ``num_bands`` mode returns ``num_bands // 2`` bands at or below ``sigma`` and the rest above it
+    (``sigma`` defaults to ``ham.fermi_energy_eV``), so band indices stay aligned to the Fermi level.
+    ``solver``: ``'sparse'`` (scipy CSR H(k), S(k) from the packed entries; ARPACK shift-invert
+    ``eigsh(H, M=S, sigma)``), ``'dense'`` (full spectrum, then selected) or ``'auto'`` (sparse above
+    ``dense_max_orbitals`` orbitals). The sparse solver checks the smallest S(k) eigenvalue
+    (``check_s``) and falls back to the dense canonical orthogonalisation where it is below
+    ``s_threshold``.
+    """
+    check_finite(ham)
+    kpoints = np.atleast_2d(np.asarray(kpoints, dtype=np.float64))
+    if (emin is None) != (emax is None):
+        raise BandsError("give both emin and emax for an energy window")
+    if emin is None and num_bands is None:
+        raise BandsError("give an energy window (emin, emax) or num_bands")
+    if emin is not None and not emin < emax:
+        raise BandsError(f"empty energy window [{emin}, {emax}]")
+    if sigma is None:
+        if emin is not None:
+            sigma = 0.5 * (emin + emax)
+        elif ham.fermi_energy_eV is not None:
+            sigma = float(ham.fermi_energy_eV)
+        else:
+            raise BandsError("no sigma given and the Hamiltonian has no Fermi level")
+    n_below = n_above = 0
+    if emin is None:
+        num_bands = int(num_bands)
+        if num_bands < 1:
+            raise BandsError(f"num_bands must be positive, got {num_bands}")
+        n_below = num_bands // 2
+        n_above = num_bands - n_below
+    if solver == "auto":
+        solver = "sparse" if ham.num_orbitals > dense_max_orbitals else "dense"
+    if solver == "sparse" and ham.num_orbitals < 16:
+        solver = "dense"  # ARPACK needs room for its Krylov space
+    if solver not in ("dense", "sparse"):
+        raise BandsError(f"unknown solver {solver!r} (auto, dense or sparse)")
+    if solver == "sparse":
+        builder = SparseK(ham)
+
+        def work(k):
+            return _window_sparse(builder, k, s_threshold, emin, emax, sigma, n_below, n_above, tol, check_s)
+    else:
+        cache: dict = {}
+        ham.matrix_at_k(kpoints[0], "overlap", cache)
+
+        def work(k):
+            hk = ham.matrix_at_k(k, "hamiltonian", cache)
+            sk = ham.matrix_at_k(k, "overlap", cache)
+            return _window_dense(0.5 * (hk + hk.conj().T), 0.5 * (sk + sk.conj().T), s_threshold,
+                                 emin, emax, sigma, n_below, n_above)
+
+    threads = threads or min(len(kpoints), os.cpu_count() or 1)
+    limit = 1 if solver == "sparse" else _blas_limit(ham.num_orbitals, threads if len(kpoints) > 1 else 1)
+    with blas_threads(limit):
+        if threads > 1 and len(kpoints) > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                results = list(pool.map(work, kpoints))
+        else:
+            results = [work(k) for k in kpoints]
+    smins = [r[2] for r in results if np.isfinite(r[2])]
+    return WindowResult(kpoints=kpoints, eigenvalues=[np.asarray(r[0]) for r in results],
+                        dropped=np.array([r[1] for r in results]),
+                        min_s_eigenvalue=min(smins) if smins else float("nan"), solver=solver, sigma=float(sigma))
+
+
+# ====================================================================== supercells
+def supercell(ham: PackedHamiltonian, repeats) -> PackedHamiltonian:
+    """Tile ``ham`` into an ``n1 x n2 x n3`` supercell, exactly (every block copied, no cutoff).
+
+    Atom ``a`` of the cell at translation ``t`` becomes atom ``index(t) * N + a`` (t in row-major
+    order over n1, n2, n3). Pair ``(R, i, j)`` from translation ``t`` lands on ``t + R = n R' + t'``:
+    the supercell pair ``(R', (t, i), (t', j))`` with the same block. H(k_super) has the eigenvalues
+    of H(k) at all k folding onto k_super.
+    """
+    n = np.array([int(x) for x in repeats], dtype=np.int64)
+    if n.shape != (3,) or (n < 1).any():
+        raise ValueError(f"supercell repeats must be three positive integers, got {repeats!r}")
+    natom = ham.num_atoms
+    trans = np.stack(np.meshgrid(np.arange(n[0]), np.arange(n[1]), np.arange(n[2]), indexing="ij"),
+                     axis=-1).reshape(-1, 3)
+    nt = len(trans)
+    tindex = lambda t: (t[..., 0] * n[1] + t[..., 1]) * n[2] + t[..., 2]  # noqa: E731
+    positions = (trans[:, None, :].astype(np.float64) @ ham.cell)[:, :, :] + ham.positions[None, :, :]
+    species = list(ham.species) * nt
+    ap = ham.atom_pairs
+    target = trans[:, None, :] + ap[None, :, :3]            # (nt, P, 3)
+    rnew = np.floor_divide(target, n)
+    tnew = target - rnew * n
+    inew = tindex(np.repeat(trans[:, None, :], len(ap), axis=1)) * natom + ap[None, :, 3]
+    jnew = tindex(tnew) * natom + ap[None, :, 4]
+    pairs = np.concatenate([rnew, inew[..., None], jnew[..., None]], axis=-1).reshape(-1, 5)
+    norb = np.tile(ham.norb_per_atom, nt)
+    offsets = PackedHamiltonian.offsets_for(pairs, norb)
+
+    def tile(a):
+        return None if a is None else np.tile(a, nt)
+
+    meta = dict(ham.meta)
+    meta["supercell"] = n.tolist()
+    out = PackedHamiltonian(
+        cell=ham.cell * n[:, None], positions=positions.reshape(-1, 3), species=species,
+        orbital_ls={k: list(v) for k, v in ham.orbital_ls.items()}, atom_pairs=pairs, offsets=offsets,
+        hamiltonian=tile(ham.hamiltonian), overlap=tile(ham.overlap), density_matrix=tile(ham.density_matrix),
+        fermi_energy_eV=ham.fermi_energy_eV,
+        num_electrons=None if ham.num_electrons is None else float(ham.num_electrons) * nt, meta=meta,
+    )
+    return out.sorted()
+
+
+def solve_bands(ham: PackedHamiltonian, kpoints, solver: str = "auto", num_bands: int | None = None,
+                emin: float | None = None, emax: float | None = None, sigma: float | None = None,
+                s_threshold: float = 1e-7, threads: int | None = None,
+                dense_max_orbitals: int = DENSE_MAX_ORBITALS):
+    """All bands with the dense solver, or a window/number of bands (dense or sparse), chosen by size.
+
+    ``solver='auto'``: dense (all bands) up to ``dense_max_orbitals`` orbitals unless a window or
+    ``num_bands`` is asked; above it the sparse shift-invert solver with ``num_bands`` (default 32)
+    around the Fermi level. Returns ``(WindowResult, solver_name)``.
+    """
+    norb = ham.num_orbitals
+    windowed = num_bands is not None or emin is not None
+    if solver == "auto":
+        solver = "sparse" if norb > dense_max_orbitals else "dense"
+    if solver == "dense" and not windowed:
+        res = band_energies(ham, kpoints, s_threshold=s_threshold, threads=threads)
+        return WindowResult(kpoints=res.kpoints, eigenvalues=list(res.eigenvalues), dropped=res.dropped,
+                            min_s_eigenvalue=res.min_s_eigenvalue, solver="dense", sigma=float("nan")), "dense"
+    if not windowed:
+        num_bands = 32
+    res = band_energies_window(ham, kpoints, emin=emin, emax=emax, num_bands=num_bands, sigma=sigma,
+                               solver=solver, s_threshold=s_threshold, threads=threads)
+    return res, res.solver

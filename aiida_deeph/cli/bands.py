@@ -1,0 +1,149 @@
+"""``aiida-deeph bands``: band energies of a DeepH-dock folder (H and S) along a k-path (no aiida).
+
+Output JSON keys: ``kpoints`` ([k1, k2, k3] fractional in the reciprocal basis of the folder's cell),
+``eigenvalues_eV`` (one list per k-point, ascending; all bands with the dense solver, ``null`` where
+near-null S directions were dropped), ``fermi_energy_eV``, ``fermi_source`` ('info.json' or
+'electron count'), ``labels`` ([index, label]), ``segments``, ``band_gap_eV`` (and ``band_gap``
+details), ``dropped_s_eigenvectors`` (largest number dropped at any k), ``min_s_eigenvalue``,
+``solver``, ``num_orbitals``, ``timings_s``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import CliError
+
+
+def _nan_to_none(values):
+    return [None if (v is None or not math.isfinite(v)) else float(v) for v in values]
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..io.dock import is_dock_folder, read_dock
+    from ..physics.bands import band_gap, check_finite, fermi_level, solve_bands
+    from ..physics.kpath import auto_kpath, read_kpoints_file
+
+    t0 = time.perf_counter()
+    folder = Path(args.input)
+    if not folder.is_dir():
+        raise CliError(f"input folder {folder} not found")
+    if not (folder / "hamiltonian.h5").is_file():
+        raise CliError(f"{folder} has no hamiltonian.h5: bands need H and S (an overlap-only folder from "
+                       "`aiida-deeph overlap` must first go through `aiida-deeph predict`)")
+    if not (folder / "overlap.h5").is_file():
+        raise CliError(f"{folder} has no overlap.h5: bands need H and S")
+    if not is_dock_folder(folder):
+        raise CliError(f"{folder} is not a DeepH-dock folder (POSCAR, info.json, overlap.h5, hamiltonian.h5)")
+    ham = read_dock(folder, load=("hamiltonian", "overlap"))
+    check_finite(ham)
+    t_read = time.perf_counter()
+
+    labels, segments = [], []
+    if args.kpoints:
+        kpoints = read_kpoints_file(args.kpoints)
+        kpath_source = str(args.kpoints)
+    else:
+        if args.kpath != "auto":
+            raise CliError(f"--kpath must be 'auto' (or give --kpoints FILE), got {args.kpath!r}")
+        path = auto_kpath(ham.cell, ham.positions, ham.species, reference_distance=args.kpath_spacing)
+        kpoints, labels, segments = path["kpoints"], path["labels"], path["segments"]
+        kpath_source = f"seekpath {path['bravais_lattice']}"
+    t_path = time.perf_counter()
+
+    threads = args.threads or None
+    fermi_info = None
+    if ham.fermi_energy_eV is not None and math.isfinite(ham.fermi_energy_eV) and not args.recompute_fermi:
+        fermi, fermi_source = float(ham.fermi_energy_eV), "info.json"
+    else:
+        fermi_info = fermi_level(ham, basis_table=args.basis, threads=threads, s_threshold=args.s_threshold)
+        fermi, fermi_source = float(fermi_info["fermi_energy_eV"]), "electron count"
+        ham.fermi_energy_eV = fermi
+    t_fermi = time.perf_counter()
+
+    window = None
+    if args.window is not None:
+        window = (fermi + args.window[0], fermi + args.window[1])
+    result, solver = solve_bands(
+        ham, kpoints, solver=args.solver, num_bands=args.num_bands,
+        emin=None if window is None else window[0], emax=None if window is None else window[1],
+        sigma=fermi if window is None else None, s_threshold=args.s_threshold, threads=threads,
+    )
+    t_solve = time.perf_counter()
+    padded = result.padded()
+    gap = band_gap(padded, fermi)  # with a window of bands: from the bands next to the Fermi level
+    out = {
+        "kpoints": np.asarray(kpoints, dtype=float).tolist(),
+        "eigenvalues_eV": [_nan_to_none(e) for e in result.eigenvalues],
+        "fermi_energy_eV": fermi,
+        "fermi_source": fermi_source,
+        "labels": [[int(i), str(lab)] for i, lab in labels],
+        "segments": [list(s) for s in segments],
+        "kpath_source": kpath_source,
+        "band_gap_eV": float(gap["gap_eV"]),
+        "band_gap": gap,
+        "dropped_s_eigenvectors": int(np.max(result.dropped)) if len(result.dropped) else 0,
+        "min_s_eigenvalue": None if not math.isfinite(result.min_s_eigenvalue) else float(result.min_s_eigenvalue),
+        "s_threshold": args.s_threshold,
+        "solver": solver,
+        "num_bands": args.num_bands,
+        "energy_window_eV": None if window is None else list(window),
+        "num_orbitals": ham.num_orbitals,
+        "num_atoms": ham.num_atoms,
+        "formula": ham.formula,
+        "energy_unit": "eV",
+        "kpoints_basis": "fractional, reciprocal basis of the input cell",
+        "timings_s": {"read": t_read - t0, "kpath": t_path - t_read, "fermi": t_fermi - t_path,
+                      "solve": t_solve - t_fermi},
+    }
+    if fermi_info is not None:
+        out["fermi_level"] = fermi_info
+    output = Path(args.output)
+    if output.parent and not output.parent.exists():
+        output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(out, indent=1, allow_nan=False))
+    os.replace(tmp, output)
+    if not args.quiet:
+        print(f"{ham.formula}: {len(kpoints)} k-points, {ham.num_orbitals} orbitals, solver {solver}, "
+              f"E_F = {fermi:.4f} eV ({fermi_source}), gap {gap['gap_eV']:.4f} eV; "
+              f"{t_solve - t0:.2f} s; written to {output}", file=sys.stdout)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bands",
+        help="band energies of a DeepH-dock folder (H and S) along a k-path",
+        description="Solve H(k) c = E S(k) c for a DeepH-dock folder along seekpath's path (--kpath auto) "
+        "or given fractional k-points (--kpoints FILE: lines 'k1 k2 k3' in the reciprocal basis of the "
+        "folder's cell, '#' comments) and write a JSON file.",
+    )
+    p.add_argument("--input", required=True, help="DeepH-dock structure folder (info.json, POSCAR, overlap.h5, hamiltonian.h5)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--kpath", default="auto", help="'auto': the HPKOT path from seekpath (default)")
+    group.add_argument("--kpoints", help="file of fractional k-points (k1 k2 k3 per line)")
+    p.add_argument("--kpath-spacing", type=float, default=0.025,
+                   help="k-point spacing of the auto path in 1/Angstrom (2 pi included; default 0.025)")
+    p.add_argument("--output", required=True, help="JSON file to write")
+    p.add_argument("--threads", type=int, default=0, help="threads over k-points (default: all cores)")
+    p.add_argument("--s-threshold", type=float, default=1e-7,
+                   help="drop S(k) eigenvectors with eigenvalues below this (default 1e-7)")
+    p.add_argument("--solver", choices=("auto", "dense", "sparse"), default="auto",
+                   help="dense (all bands), sparse shift-invert (bands around E_F), or auto by size")
+    p.add_argument("--num-bands", type=int, default=None,
+                   help="only this many bands around the Fermi level (half below, half above)")
+    p.add_argument("--window", type=float, nargs=2, metavar=("EMIN", "EMAX"), default=None,
+                   help="only bands in [E_F+EMIN, E_F+EMAX] (eV)")
+    p.add_argument("--basis", default="corpus",
+                   help="basis protocol for the valence electron count when the folder has none (default corpus)")
+    p.add_argument("--recompute-fermi", action="store_true",
+                   help="compute the Fermi level from the electron count even if info.json has one")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(func=run)
