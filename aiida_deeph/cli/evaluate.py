@@ -10,6 +10,8 @@ def register(subparsers) -> None:
     p.add_argument("--data", nargs="+", required=True, metavar="PATH")
     p.add_argument("--device", default=None)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--split", choices=("train", "val", "test"), default=None,
+                   help="only this part of the model's own split.json (default: every structure of --data)")
     p.add_argument("--no-per-structure", action="store_true", help="leave out the per-structure table")
     p.set_defaults(func=run)
 
@@ -18,6 +20,6 @@ def run(args) -> int:
     from aiida_deeph.ml.evaluate import evaluate
 
     result = evaluate(args.model, args.data, device=args.device, num_workers=args.workers,
-                      per_structure=not args.no_per_structure)
+                      per_structure=not args.no_per_structure, split=args.split)
     print(json.dumps(result, indent=1, default=float))
     return 0

@@ -1,8 +1,21 @@
-"""``aiida-deeph train``: train a DeepH-2 model (no aiida needed)."""
+"""``aiida-deeph train``: train a DeepH-2 model (no aiida needed).
+
+Exit codes: 0 the run stopped cleanly (schedule ended, or the time / epoch budget of this run: see
+``MODEL_DIR/status.json``, ``completed`` and ``resumable``), 1 bad input (missing or empty data, bad
+config), 3 NaN/Inf loss (``stop_reason`` ``nan``), 4 out of (GPU) memory (``stop_reason`` ``oom``).
+``--nproc-per-node N`` (N > 1) re-launches the command under ``python -m torch.distributed.run
+--standalone --nproc_per_node N`` (one process per GPU, DistributedDataParallel).
+"""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+EXIT_NAN = 3
+EXIT_OOM = 4
 
 
 def register(subparsers) -> None:
@@ -22,13 +35,49 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--workers", type=int, default=None, help="data-loader worker processes")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--max-epochs-per-run", type=int, default=None, metavar="K",
+                   help="stop cleanly (resumable, like a time budget) after K epochs of this invocation")
+    p.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="N > 1: run N processes (one per GPU) under torch.distributed.run --standalone")
+    p.add_argument("--no-test", action="store_true", help="skip the test-split evaluation at the end")
     p.set_defaults(func=run)
 
 
+def _launch_distributed(args) -> int:
+    """Re-run this command under ``torch.distributed.run`` with ``args.nproc_per_node`` processes."""
+    argv = ["train", "--preset", args.preset, "--data", *map(str, args.data), "--output", str(args.output)]
+    for flag, value in (("--config", args.config), ("--max-minutes", args.max_minutes),
+                        ("--max-epochs", args.max_epochs), ("--parent", args.parent), ("--seed", args.seed),
+                        ("--device", args.device), ("--workers", args.workers),
+                        ("--max-epochs-per-run", args.max_epochs_per_run)):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += [flag for flag, on in (("--no-resume", args.no_resume), ("--amp", args.amp), ("--no-test", args.no_test))
+             if on]
+    if getattr(args, "traceback", False):
+        argv.insert(0, "--traceback")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           str(args.nproc_per_node), "-m", "aiida_deeph.cli.main"] + argv
+    print("launching: " + " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, check=False)
+    status = _read_status(Path(args.output))
+    code = {"nan": EXIT_NAN, "oom": EXIT_OOM}.get(status.get("stop_reason"))
+    return code if code is not None and proc.returncode != 0 else proc.returncode
+
+
+def _read_status(out: Path) -> dict:
+    try:
+        return json.loads((out / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def run(args) -> int:
+    if args.nproc_per_node > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return _launch_distributed(args)
     from aiida_deeph.cli.main import CliError
     from aiida_deeph.ml.model import ModelConfig
-    from aiida_deeph.ml.train import TrainConfig, train
+    from aiida_deeph.ml.train import TrainConfig, is_out_of_memory, train, write_status
 
     model_kw, train_kw = {}, {}
     if args.config:
@@ -53,8 +102,23 @@ def run(args) -> int:
     out = Path(args.output)
     if args.no_resume and (out / "latest.pt").exists():
         raise CliError(f"{out} already holds a training run (drop --no-resume to continue it)")
-    summary = train(args.data, out, model_config=mc, train_config=tc, preset=args.preset, parent=args.parent,
-                    resume=not args.no_resume, log=lambda m: print(m, flush=True))
-    print(json.dumps({k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, str)) else v)
-                      for k, v in summary.items()}))
+    try:
+        summary = train(args.data, out, model_config=mc, train_config=tc, preset=args.preset, parent=args.parent,
+                        resume=not args.no_resume, log=lambda m: print(m, flush=True),
+                        max_epochs_per_run=args.max_epochs_per_run, evaluate_test=not args.no_test)
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = f"out of memory: {first} (try a smaller model, batch size or structures per batch, or --amp)"
+        try:
+            write_status(out, "oom", message=message)
+        except OSError:
+            pass
+        raise CliError(message, code=EXIT_OOM) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, str)) else v)
+                          for k, v in summary.items()}))
+    if summary["stop_reason"] == "nan":
+        raise CliError(summary.get("message") or "NaN/Inf loss; try a lower learning rate", code=EXIT_NAN)
     return 0

@@ -9,11 +9,19 @@ Model directory layout (no pickled classes anywhere):
 * ``best.pt``              ``{"model": state_dict, ...}`` of the best validation MAE
 * ``latest.pt``            model, optimizer, scheduler, RNG states, epoch (exact resume)
 * ``metrics.jsonl``        one JSON line per epoch
+* ``latest.json``          ``{"epoch": e}`` of ``latest.pt`` (written after it: its presence means a checkpoint)
+* ``status.json``          how the last run ended: ``stop_reason`` (lr | epochs | time | nan | oom), ``completed``,
+  ``epochs``, best/last validation and test MAE (meV), ``resumable``
+* ``test_metrics.json``    the best model on the test split (gauge-corrected MAE, per element / pair)
 
 Checkpoints hold only tensors and plain Python types and are loaded with ``weights_only=True``.
-Data order of epoch ``e`` is a permutation seeded by ``(seed, e)``, so a resumed run repeats the
-exact trajectory.  Under ``torchrun`` (``WORLD_SIZE > 1``) every rank takes its share of each
-epoch's order, gradients are averaged by DistributedDataParallel (gloo on CPU, nccl on GPU).
+``latest.pt`` is written after every epoch, so a run killed at any moment (scheduler walltime)
+resumes from its last completed epoch. Data order of epoch ``e`` is a permutation seeded by
+``(seed, e)`` and a resumed run takes its split from ``split.json``, so it repeats the exact trajectory.
+The split itself hashes structure labels (shard stem / name), not paths: the same data in another
+folder (a new job's working directory) gets the same split. Under ``torchrun`` (``WORLD_SIZE > 1``)
+every rank takes its share of each epoch's order, gradients are averaged by DistributedDataParallel
+(gloo on CPU, nccl on GPU); stop decisions (NaN loss, time budget) are taken by all ranks together.
 """
 from __future__ import annotations
 
@@ -35,6 +43,19 @@ from .harmonics import union_multiplicity
 from .model import BasisMap, DeepH2, ModelConfig, graph_to, grow_state_dict
 
 CHECKPOINT_VERSION = 1
+STOP_REASONS = ("lr", "epochs", "time", "nan", "oom")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf (``status.json`` has ``stop_reason`` ``nan``)."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA (or other device) out of memory."""
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 @dataclass
@@ -83,6 +104,122 @@ class TrainConfig:
             if k in data and data[k] is not None:
                 data[k] = tuple(data[k])
         return cls(**data)
+
+
+# ------------------------------------------------------------------------------------------------
+# split and status
+# ------------------------------------------------------------------------------------------------
+def portable_split(items: list, seed: int = 0, fractions=(0.6, 0.2, 0.2)) -> dict:
+    """:func:`split_items` on the items' labels (path-independent) when the labels are unique."""
+    from .data import Item
+
+    labels = [it.label for it in items]
+    if len(set(labels)) != len(labels):
+        return split_items(items, seed=seed, fractions=fractions)
+    proxies = {Item(it.kind, "", it.label): it for it in items}
+    split = split_items(list(proxies), seed=seed, fractions=fractions)
+    return {k: [proxies[p] for p in v] for k, v in split.items()}
+
+
+def saved_split(path, items: list, log=print):
+    """The split of ``split.json`` mapped onto ``items`` (by key, else by label); None if it does not fit."""
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    by_key = {it.key: it for it in items}
+    keys = saved.get("keys") or {}
+    if keys and all(k in by_key for part in keys.values() for k in part):
+        split = {part: [by_key[k] for k in keys.get(part, [])] for part in ("train", "val", "test")}
+    else:
+        by_label = {}
+        for it in items:
+            by_label.setdefault(it.label, []).append(it)
+        wanted = [lab for part in ("train", "val", "test") for lab in saved.get(part, [])]
+        if not wanted or any(len(by_label.get(lab, ())) != 1 for lab in wanted):
+            return None
+        split = {part: [by_label[lab][0] for lab in saved.get(part, [])] for part in ("train", "val", "test")}
+    extra = len(items) - sum(len(v) for v in split.values())
+    if extra > 0:
+        log(f"warning: {extra} structure(s) of the data are not in the saved split and are not used")
+    return split
+
+
+def _finite(x):
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def write_status(output, stop_reason: str, epochs=None, best_val=None, last_val=None, test_mae=None,
+                 message: str | None = None, **extra) -> dict:
+    """Write ``status.json`` of a model directory (atomically) and return it."""
+    out = Path(output)
+    if epochs is None or best_val is None:
+        rows = read_metrics(out / "metrics.jsonl")
+        if epochs is None:
+            epochs = _latest_epoch(out)
+        vals = [r["val_mae_meV"] for r in rows if _finite(r.get("val_mae_meV")) is not None
+                and r.get("epoch", 0) <= (epochs or 0)]
+        if best_val is None and vals:
+            best_val = min(vals)
+        if last_val is None and vals:
+            last_val = vals[-1]
+    status = {
+        "stop_reason": stop_reason,
+        "completed": stop_reason in ("lr", "epochs"),
+        "epochs": int(epochs or 0),
+        "best_val_mae_meV": _finite(best_val),
+        "last_val_mae_meV": _finite(last_val),
+        "test_mae_meV": _finite(test_mae),
+        "resumable": (out / "latest.pt").is_file(),
+    }
+    if message:
+        status["message"] = message
+    status.update(extra)
+    if out.is_dir():
+        tmp = out / ".status.json.tmp"
+        tmp.write_text(json.dumps(status, indent=1))
+        os.replace(tmp, out / "status.json")
+    return status
+
+
+def read_metrics(path) -> list:
+    rows = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def _latest_epoch(out: Path) -> int:
+    try:
+        return int(json.loads((out / "latest.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _truncate_metrics(path: Path, epoch: int) -> None:
+    """Drop lines of epochs after ``epoch`` (written by a run killed before its checkpoint)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            if int(json.loads(line).get("epoch", 0)) > epoch:
+                continue
+        except (ValueError, TypeError, AttributeError):
+            continue
+        keep.append(line)
+    if len(keep) != len(lines):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -155,9 +292,10 @@ def _all_reduce_np(vec: np.ndarray, world: int) -> np.ndarray:
         return vec
     import torch.distributed as dist
 
-    t = torch.tensor(vec, dtype=torch.float64)
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(vec, dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return t.numpy()
+    return t.cpu().numpy()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,8 +335,16 @@ def _autocast(device, amp: bool):
 # training
 # ------------------------------------------------------------------------------------------------
 def train(data_paths, output, model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
-          preset: str = "paper", parent: str | None = None, resume: bool = True, log=print) -> dict:
-    """Train (or resume, or fine-tune from ``parent``) a DeepH-2 model; returns a summary dict."""
+          preset: str = "paper", parent: str | None = None, resume: bool = True, log=print,
+          max_epochs_per_run: int | None = None, evaluate_test: bool = True) -> dict:
+    """Train (or resume, or fine-tune from ``parent``) a DeepH-2 model; returns a summary dict.
+
+    ``max_epochs_per_run``: stop cleanly (``stop_reason`` ``time``, resumable) after this many epochs of
+    this invocation, a deterministic stand-in for a wall-time budget. A NaN/Inf loss stops the run with
+    ``stop_reason`` ``nan`` (the last checkpoint stays that of the last good epoch). ``status.json`` is
+    written at the end; ``test_metrics.json`` (the best model on the test split) after a completed or
+    time-stopped run when ``evaluate_test``.
+    """
     tc = train_config or TrainConfig.preset(preset)
     world, rank, local = _dist_env()
     if world > 1:
@@ -213,14 +359,20 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
     out = Path(output)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in ("status.json", "test_metrics.json"):   # of an earlier job in this folder
+            (out / stale).unlink(missing_ok=True)
     t_start = time.monotonic()
 
     items = discover(data_paths)
     if not items:
         raise ValueError("no structures found in the data paths")
-    split = split_items(items, seed=tc.seed, fractions=tc.split)
     latest = out / "latest.pt"
     resuming = resume and latest.is_file()
+    split = saved_split(out / "split.json", items, log=log) if resuming else None
+    if split is None:
+        if resuming:
+            log("warning: split.json does not match the data; the split is recomputed")
+        split = portable_split(items, seed=tc.seed, fractions=tc.split)
 
     if resuming:
         model_cfg = ModelConfig.from_dict(json.loads((out / "config.json").read_text()))
@@ -280,6 +432,8 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
         sched.load_state_dict(ck["scheduler"])
         _set_rng_state(ck["rng"])
         epoch, best = int(ck["epoch"]), float(ck["best_val_mae_meV"])
+        if is_main:
+            _truncate_metrics(out / "metrics.jsonl", epoch)
         log(f"resuming from epoch {epoch} (best val MAE {best:.3f} meV)") if is_main else None
     elif is_main:
         (out / "config.json").write_text(json.dumps(model_cfg.to_dict(), indent=1))
@@ -314,9 +468,14 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
     budget = tc.max_minutes * 60.0 if tc.max_minutes else None
     metrics_path = out / "metrics.jsonl"
     last_val = None
+    first_epoch = epoch
+    nan_message = None
     while epoch < tc.max_epochs:
         if opt.param_groups[0]["lr"] < tc.min_lr * (1 - 1e-9):
             stop_reason = "lr"
+            break
+        if max_epochs_per_run is not None and epoch - first_epoch >= max_epochs_per_run:
+            stop_reason = "time"
             break
         t0 = time.monotonic()
         order = np.random.default_rng([tc.seed, epoch]).permutation(len(split["train"])).tolist()
@@ -334,6 +493,17 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
                 pred = pred.float()
             loss = gauge_loss(pred, g["H"].to(pred.dtype), g["S"].to(pred.dtype), g["entry_batch"], len(names),
                               kind=tc.loss, delta=tc.huber_delta)
+            bad = not bool(torch.isfinite(loss.detach()))
+            over = budget is not None and time.monotonic() - t_start > budget
+            if world > 1:   # every rank takes the same decision
+                bad, over = (bool(x > 0) for x in _all_reduce_np(np.array([bad, over], dtype=float), world))
+            if bad:
+                nan_message = (f"NaN/Inf loss at epoch {epoch + 1}, step {nb + 1} (learning rate "
+                               f"{opt.param_groups[0]['lr']:.2e}); try a lower learning rate")
+                break
+            if over:
+                out_of_time = True
+                break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip:
@@ -342,9 +512,9 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
             tot_loss += float(loss.detach())
             nb += 1
             nstruct += len(names)
-            if budget is not None and time.monotonic() - t_start > budget:
-                out_of_time = True
-                break
+        if nan_message is not None:
+            stop_reason = "nan"
+            break
         if out_of_time:
             stop_reason = "time"
             if is_main and not (out / "best.pt").is_file():
@@ -357,11 +527,21 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
         record = {"epoch": epoch, "train_loss": tot_loss / max(nb, 1), "lr": opt.param_groups[0]["lr"],
                   "structures_per_s": rate, "epoch_time_s": train_time}
         improved = False
-        near_end = epoch >= tc.max_epochs or (budget is not None and time.monotonic() - t_start > budget)
+        # stop after this epoch when the next one would not fit in the budget. No extra validation for
+        # budget stops (latest.pt is written every epoch): the resumed run repeats the uninterrupted one.
+        out_of_budget = budget is not None and time.monotonic() - t_start + train_time > budget
+        if world > 1 and budget is not None:
+            out_of_budget = bool(_all_reduce_np(np.array([out_of_budget], dtype=float), world)[0] > 0)
+        near_end = epoch >= tc.max_epochs
         if epoch % max(tc.val_every, 1) == 0 or near_end:
             val = evaluate_items(model, val_items, device=device, world=world, rank=rank, per_structure=False,
                                  amp=tc.amp, dataset=val_ds)
             last_val = float(val["mae_meV"])
+            if not math.isfinite(last_val):
+                nan_message = f"NaN/Inf validation MAE at epoch {epoch}; try a lower learning rate"
+                stop_reason = "nan"
+                epoch -= 1
+                break
             sched.step(last_val)
             improved = last_val < best
             if improved:
@@ -373,27 +553,55 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
             if improved:
                 save_checkpoint(out / "best.pt", {"model": model.state_dict(), "epoch": epoch, "dtype": tc.dtype,
                                                   "best_val_mae_meV": best})
-            if "val_mae_meV" in record:
-                save_checkpoint(latest, checkpoint_payload(epoch, best))
+            # metrics first, then the checkpoint (a resume drops metrics lines past the checkpoint's epoch)
             with open(metrics_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+            save_checkpoint(latest, checkpoint_payload(epoch, best))
+            tmp = out / ".latest.json.tmp"
+            tmp.write_text(json.dumps({"epoch": epoch, "best_val_mae_meV": _finite(best)}))
+            os.replace(tmp, out / "latest.json")
             vtxt = f"val MAE {record['val_mae_meV']:8.3f} meV" if "val_mae_meV" in record else "val MAE        -    "
             log(f"epoch {epoch:5d}  loss {record['train_loss']:.3e}  {vtxt}  "
                 f"lr {record['lr']:.2e}  {rate:6.2f} structures/s" + ("  *" if improved else ""))
         history_len += 1
-        if budget is not None and time.monotonic() - t_start > budget:
+        if out_of_budget:
             stop_reason = "time"
             break
     else:
         stop_reason = "epochs"
     if stop_reason is None:
         stop_reason = "lr"
+    if stop_reason == "time" and epoch >= tc.max_epochs:
+        stop_reason = "epochs"      # the budget ran out exactly with the schedule
+    elif stop_reason == "time" and opt.param_groups[0]["lr"] < tc.min_lr * (1 - 1e-9):
+        stop_reason = "lr"
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
+    test_mae = None
+    if stop_reason in ("lr", "epochs", "time") and evaluate_test and split["test"] and (out / "best.pt").is_file():
+        best_state = load_checkpoint(out / "best.pt")["model"]
+        model.load_state_dict(best_state)
+        test_ds = StructureDataset(split["test"], model.basis)
+        res = evaluate_items(model, split["test"], device=device, world=world, rank=rank, per_structure=world == 1,
+                             amp=tc.amp, dataset=test_ds)
+        test_mae = res["mae_meV"]
+        if is_main:
+            res["split"] = "test"
+            res["checkpoint"] = "best.pt"
+            res["epochs"] = epoch
+            tmp = out / ".test_metrics.json.tmp"
+            tmp.write_text(json.dumps(res, indent=1, default=float))
+            os.replace(tmp, out / "test_metrics.json")
+            log(f"test MAE of the best model: {test_mae:.3f} meV ({len(split['test'])} structures)")
     summary = {"epochs": epoch, "best_val_mae_meV": best, "last_val_mae_meV": last_val, "stop_reason": stop_reason,
-               "num_parameters": nparams, "elapsed_s": time.monotonic() - t_start, "output": str(out)}
+               "num_parameters": nparams, "elapsed_s": time.monotonic() - t_start, "output": str(out),
+               "test_mae_meV": test_mae, "completed": stop_reason in ("lr", "epochs")}
+    if nan_message:
+        summary["message"] = nan_message
     if is_main:
+        write_status(out, stop_reason, epochs=epoch, best_val=best, last_val=last_val, test_mae=test_mae,
+                     message=nan_message)
         log(f"stopped ({stop_reason}) after {epoch} epochs; best val MAE {best:.3f} meV; model in {out}")
     return summary
