@@ -25,7 +25,7 @@ def make_profile(tmp: Path):
     config = get_config(create=True)
     profile = create_profile(config, name="bench-db", email="bench@localhost", storage_backend="core.sqlite_dos",
                              storage_config={"filepath": str(tmp / "storage")})
-    config.set_option("runner.poll.interval", 0.1, scope=profile.name)
+    config.set_option("runner.poll.interval", 1, scope=profile.name)
     config.set_default_profile(profile.name, overwrite=True)
     config.store()
     return load_profile(profile.name, allow_switch=True)

@@ -1,0 +1,154 @@
+"""Train a small DeepH-2 model on a dataset group, then compute DeepH vs DFT bands of a held-out structure.
+
+    verdi run examples/train_and_bands.py --group GROUP --test MP_ID [--minutes M] [--epochs N] [--preset tiny|small]
+        [--plot out.png] [--code aiida-deeph]
+
+1. Training: a DeepHTrainCalculation (``aiida-deeph train`` through the ``aiida-deeph`` code on
+   localhost) on every HamiltonianData of GROUP except the test structure, for at most M minutes
+   (default 2) or 400 epochs of CPU: a TINY demonstration model, not a production one.
+2. Bands: DeepHBandsWorkChain on the test structure (not in the training set). The overlap S is
+   taken from the DFT HamiltonianData of the same structure (with the embedded default there is no
+   PAO folder and no OpenMX; only S is used, the DFT H never reaches the model) and that DFT
+   Hamiltonian is the reference: band errors (each set aligned to its own Fermi level, bands matched
+   by index, MAE in meV within E_F +- 3 eV of DFT) and a DFT-vs-DeepH PNG.
+
+The ``aiida-deeph`` code is created on localhost when missing (the venv's ``aiida-deeph`` script).
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from aiida import orm
+from aiida.engine import run_get_node
+
+from aiida_deeph.data.hamiltonian import HamiltonianData
+from aiida_deeph.workflows.bands import DeepHBandsWorkChain
+
+
+def get_code(label: str) -> orm.InstalledCode:
+    try:
+        return orm.load_code(label)
+    except Exception:  # noqa: BLE001
+        pass
+    exe = Path(sys.executable).parent / "aiida-deeph"
+    if not exe.is_file():
+        raise SystemExit(f"no code {label!r} and no aiida-deeph script next to {sys.executable}")
+    code = orm.InstalledCode(label=label, computer=orm.load_computer("localhost"), filepath_executable=str(exe),
+                             default_calc_job_plugin="deeph.infer",
+                             description="aiida-deeph (train / predict) of this virtual environment")
+    code.store()
+    print(f"created code {code.full_label} -> {exe}")
+    return code
+
+
+def structure_of(node: HamiltonianData) -> orm.StructureData:
+    """The StructureData the DFT run was made from (provenance), else one built from the stored cell."""
+    creator = node.creator
+    if creator is not None and "structure" in creator.inputs:
+        return creator.inputs.structure
+    packed = node.get_packed(load=())
+    structure = orm.StructureData(cell=packed.cell.tolist())
+    for symbol, position in zip(packed.species, packed.positions):
+        structure.append_atom(position=position.tolist(), symbols=symbol)
+    return structure.store()
+
+
+def train_model(code, nodes, preset: str, minutes: float, epochs: int):
+    from aiida_deeph.calculations.train import DeepHTrainCalculation, hamiltonians_namespace
+
+    builder = DeepHTrainCalculation.get_builder()
+    builder.code = code
+    builder.hamiltonians = hamiltonians_namespace(nodes)
+    # every training structure in the training split (the held-out test structure is the real test);
+    # validation every 5 epochs to save CPU
+    train = {"seed": 0, "split": [1.0, 0.0, 0.0], "max_epochs": int(epochs), "val_every": 5, "lr_patience": 4}
+    builder.config = orm.Dict({"preset": preset, "train": train})
+    builder.settings = orm.Dict({"max_minutes": float(minutes)})
+    builder.metadata.options.max_wallclock_seconds = int(minutes * 60 + 600)
+    builder.metadata.label = "train_and_bands demo model"
+    t0 = time.monotonic()
+    results, node = run_get_node(builder)
+    budget = DeepHTrainCalculation.exit_codes.ERROR_OUT_OF_WALLTIME_WITH_CHECKPOINT.status
+    if node.exit_status == budget and "model" in results:
+        print(f"note: the training stopped at its {minutes:g}-minute budget (exit status {budget}, resumable with "
+              f"DeepHTrainingWorkChain); its best model so far is used")
+    elif not node.is_finished_ok or "model" not in results:
+        raise SystemExit(f"DeepHTrainCalculation<{node.pk}> failed: [{node.exit_status}] {node.exit_message}")
+    model = results["model"]
+    metrics = results["metrics"].get_dict() if "metrics" in results else {}
+    print(f"DeepHTrainCalculation<{node.pk}>: DeepHModelData<{model.pk}> in {time.monotonic() - t0:.0f} s; "
+          f"{model.base.attributes.get('num_parameters')} parameters, epochs {metrics.get('epochs')}, "
+          f"train-set MAE {_fmt(metrics.get('best_val_mae_meV'))} meV")
+    return model
+
+
+def _fmt(x):
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(prog="verdi run examples/train_and_bands.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--group", required=True, help="label of the dataset group (HamiltonianData)")
+    parser.add_argument("--test", required=True, help="MP id of the held-out structure (must be in the group)")
+    parser.add_argument("--minutes", type=float, default=2.0, help="training budget in minutes (default 2)")
+    parser.add_argument("--preset", choices=("tiny", "small"), default="tiny", help="model size (default tiny)")
+    parser.add_argument("--epochs", type=int, default=400, help="at most this many epochs (default 400)")
+    parser.add_argument("--plot", default=None, help="PNG path of the comparison plot (default bands_<MP_ID>.png)")
+    parser.add_argument("--code", default="aiida-deeph", help="label of the aiida-deeph code (created if missing)")
+    parser.add_argument("--model", default=None, help="use this DeepHModelData (pk/UUID) instead of training")
+    args = parser.parse_args(argv)
+    t_start = time.monotonic()
+
+    group = orm.load_group(args.group)
+    nodes = [n for n in group.nodes if isinstance(n, HamiltonianData)]
+    test = [n for n in nodes if n.base.attributes.get("mp_id") == args.test]
+    if not test:
+        raise SystemExit(f"{args.test} is not in group {args.group!r} "
+                         f"({', '.join(sorted(str(n.base.attributes.get('mp_id')) for n in nodes))})")
+    test = test[0]
+    training = [n for n in nodes if n.base.attributes.get("mp_id") != args.test]
+    if not training:
+        raise SystemExit(f"group {args.group!r} holds no structure besides {args.test} to train on")
+    code = get_code(args.code)
+
+    if args.model:
+        model = orm.load_node(args.model)
+        print(f"using DeepHModelData<{model.pk}> (no training)")
+    else:
+        names = ", ".join(f"{n.base.attributes.get('mp_id')} {n.formula}" for n in training)
+        print(f"training a {args.preset!r} DeepH-2 model for at most {args.minutes:g} min on {len(training)} "
+              f"structures ({names}); {args.test} {test.formula} is held out")
+        model = train_model(code, training, args.preset, args.minutes, args.epochs)
+
+    structure = structure_of(test)
+    print(f"bands of {args.test} {test.formula} (not in the training set). Overlap: the S of its replayed DFT "
+          f"HamiltonianData<{test.pk}> (no PAO folder / OpenMX in the embedded demo; the DFT H is not sent to the "
+          f"model); reference: the same DFT Hamiltonian.")
+    t0 = time.monotonic()
+    results, node = run_get_node(DeepHBandsWorkChain, structure=structure, model=model, infer_code=code,
+                                 overlap=test, reference=test)
+    if not node.is_finished_ok:
+        raise SystemExit(f"DeepHBandsWorkChain<{node.pk}> failed: [{node.exit_status}] {node.exit_message}")
+    s = results["band_summary"].get_dict()
+    r = results["reference_summary"].get_dict()
+    e = results["band_errors"].get_dict()
+    print(f"DeepHBandsWorkChain<{node.pk}> in {time.monotonic() - t0:.0f} s: {s['num_kpoints']} k-points, "
+          f"{s['num_bands']} bands, Fermi level from {s['num_electrons']:g} electrons on a "
+          f"{'x'.join(map(str, s['fermi_kmesh']))} mesh at {s['temperature_K']:g} K")
+    print(f"  Fermi level  DeepH {s['fermi_energy_eV']:.4f} eV   DFT {r['fermi_energy_eV']:.4f} eV")
+    print(f"  band gap     DeepH {s['band_gap_eV']:.4f} eV   DFT {r['band_gap_eV']:.4f} eV   "
+          f"error {_fmt(e.get('gap_error_meV'))} meV")
+    print(f"  band MAE {_fmt(e.get('mae_meV'))} meV (RMSE {_fmt(e.get('rmse_meV'))}, max "
+          f"{_fmt(e.get('max_abs_error_meV'))}) over {e['num_values']} eigenvalues within E_F +- "
+          f"{e['window_eV']:g} eV of DFT, each set aligned to its own Fermi level")
+    plot = Path(args.plot or f"bands_{args.test}.png")
+    with results["comparison_plot"].open(mode="rb") as src:
+        plot.write_bytes(src.read())
+    print(f"  comparison plot: {plot} (SinglefileData<{results['comparison_plot'].pk}>)")
+    print(f"total {time.monotonic() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
