@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: install, make an AiiDA profile, set up the OpenMX code, build a
-# small Hamiltonian database with the DatabaseWorkChain and print its statistics.
+# small Hamiltonian database with the DatabaseWorkChain, print its statistics, then train a small DeepH-2
+# model on it and compute DeepH vs DFT bands of a structure left out of training (examples/train_and_bands.py).
 # With OPENMX_EXECUTABLE and OPENMX_DATA_PATH set, the real OpenMX runs; otherwise the REPLAY stand-in
 # copies recorded real OpenMX outputs shipped in the package (and says so).
 set -euo pipefail

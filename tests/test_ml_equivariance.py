@@ -50,6 +50,9 @@ def model(ham):
     ols, rc = basis_metadata(ham)
     cfg = ModelConfig.preset("tiny", num_blocks=2, channels=8).with_elements(ols, rc)
     m = DeepH2(cfg).double()
+    from aiida_deeph.ml.model import init_onsite_reference, prepare_graph
+
+    init_onsite_reference(m, [prepare_graph(ham, m.basis)])   # as training starts: on-site blocks at the data
     # make the output heads non-trivial (biases are zero-initialised)
     with torch.no_grad():
         for p in m.parameters():

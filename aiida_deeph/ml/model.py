@@ -362,6 +362,9 @@ class WignerEckartHead(nn.Module):
         self.n0 = n0
         self.bias = nn.Embedding(num_bias_rows, n0)
         nn.init.zeros_(self.bias.weight)
+        # fixed (not trained) reference of the scalar slots per bias row, set from the data before training
+        # (init_onsite_reference; MACE's atomic reference energies play the same role)
+        self.register_buffer("reference", torch.zeros(num_bias_rows, n0))
         self.norm = EquiLayerNorm(C, L)
 
     def forward(self, feats: torch.Tensor, bias_rows: torch.Tensor) -> torch.Tensor:
@@ -372,7 +375,7 @@ class WignerEckartHead(nn.Module):
             xl = x[:, l * l:(l + 1) * (l + 1), q * h:(q + 1) * h]     # (n, 2l+1, h)
             y = lin(xl)                                                # (n, 2l+1, K)
             if l == 0 and q == 0:
-                y = y + self.bias(bias_rows)[:, None, :]
+                y = y + (self.bias(bias_rows) + self.reference[bias_rows].to(y.dtype))[:, None, :]
             ys.append(y.transpose(1, 2).reshape(x.shape[0], -1))      # (K, 2l+1) order
         y = torch.cat(ys, 1)
         key = (y.device, y.dtype)
@@ -457,6 +460,14 @@ class DeepH2(nn.Module):
         idx = block_of_pair[g["entry_pair"]] * ns2 + g["entry_local"]
         return full[idx]
 
+    def load_state_dict(self, state_dict, strict: bool = True, **kw):
+        """As torch's; checkpoints written before the on-site reference buffers get zero references."""
+        state_dict = dict(state_dict)
+        for k, v in self.state_dict().items():
+            if k.endswith(".reference") and k not in state_dict:
+                state_dict[k] = torch.zeros_like(v)
+        return super().load_state_dict(state_dict, strict, **kw)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -467,6 +478,61 @@ class DeepH2(nn.Module):
         g = collate_graphs([prepare_graph(ham, self.basis, with_targets=False)])
         g = graph_to(g, device=device)
         return self(g).detach().to("cpu", torch.float64).numpy()
+
+
+@torch.no_grad()
+def init_onsite_reference(model: DeepH2, graphs, elements=None, min_atoms: int = 8,
+                          max_structures: int = 256) -> dict:
+    """Start every element's on-site blocks at the invariant part of its mean on-site block in ``graphs``.
+
+    On-site H blocks reach tens of eV (K 3s: -35 eV) while the per-element bias of the on-site head
+    starts at zero and, under Adam, moves about one learning rate per step: without this the on-site
+    blocks of a short training stay eV off (the Huber loss's linear regime gives them little weight).
+    As MACE fixes atomic reference energies from the data, the fixed ``reference`` buffer rows of the
+    on-site head for ``elements`` (default: all; the trained bias learns the rest) are set by least squares to the scalar (rotation- and inversion-invariant, so equivariance is kept)
+    part of the mean on-site block over the atoms of the first structures of ``graphs`` (an iterable of
+    :func:`prepare_graph` dicts with ``H``), until every element has ``min_atoms`` atoms or
+    ``max_structures`` were read. Returns ``{element: number of atoms used}``.
+    """
+    cfg = model.cfg
+    head = model.head_onsite
+    ns2 = head.ns ** 2
+    n_el = len(cfg.elements)
+    wanted = set(range(n_el)) if elements is None else {cfg.elements.index(e) for e in elements}
+    if not wanted:
+        return {}
+    sums = np.zeros((n_el, ns2))
+    cnts = np.zeros((n_el, ns2))
+    atoms = np.zeros(n_el, dtype=np.int64)
+    for k, g in enumerate(graphs):
+        if k >= max_structures:
+            break
+        if "H" not in g:
+            continue
+        kind = g["pair_kind"].numpy()
+        pid = g["pair_id"].numpy()
+        ep = g["entry_pair"].numpy()
+        on = kind[ep] == 0
+        z = g["species"].numpy()
+        el = z[pid[ep[on]]]
+        loc = g["entry_local"].numpy()[on]
+        np.add.at(sums, (el, loc), g["H"].numpy()[on])
+        np.add.at(cnts, (el, loc), 1.0)
+        atoms += np.bincount(z, minlength=n_el)[:n_el]
+        if all(atoms[e] >= min_atoms for e in wanted):
+            break
+    M0 = head._M64[:, :head.n0].numpy()
+    used = {}
+    weight = head.reference
+    for e in sorted(wanted):
+        mask = cnts[e] > 0
+        if not mask.any():
+            continue
+        target = sums[e, mask] / cnts[e, mask]
+        b, *_ = np.linalg.lstsq(M0[mask], target, rcond=None)
+        weight[e] = torch.as_tensor(b / cfg.output_scale, dtype=weight.dtype, device=weight.device)
+        used[cfg.elements[e]] = int(atoms[e])
+    return used
 
 
 def grow_state_dict(model: DeepH2, parent_state: dict) -> list:
@@ -483,7 +549,7 @@ def grow_state_dict(model: DeepH2, parent_state: dict) -> list:
         if t.shape == v.shape:
             t.copy_(v)
         elif t.dim() == v.dim() and all(a >= b for a, b in zip(t.shape, v.shape)):
-            if k.endswith("head_hop.bias.weight"):
+            if k.endswith("head_hop.bias.weight") or k.endswith("head_hop.reference"):
                 n_old = int(round(math.sqrt(v.shape[0])))
                 n_new = int(round(math.sqrt(t.shape[0])))
                 tv = t.view(n_new, n_new, -1)

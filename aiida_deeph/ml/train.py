@@ -40,7 +40,7 @@ import torch
 from .data import StructureDataset, discover, make_loader, scan_metadata, split_items, write_split
 from .loss import MetricAccumulator, gauge_loss
 from .harmonics import union_multiplicity
-from .model import BasisMap, DeepH2, ModelConfig, graph_to, grow_state_dict
+from .model import BasisMap, DeepH2, ModelConfig, graph_to, grow_state_dict, init_onsite_reference
 
 CHECKPOINT_VERSION = 1
 STOP_REASONS = ("lr", "epochs", "time", "nan", "oom")
@@ -81,6 +81,7 @@ class TrainConfig:
     grad_clip: float | None = 10.0
     val_every: int = 1
     cache_items: int = 0           # prepared structures kept in memory per process (0: stream every epoch)
+    onsite_reference: bool = True  # start on-site blocks at the data's per-element mean (init_onsite_reference)
 
     @classmethod
     def preset(cls, name: str, **kw) -> "TrainConfig":
@@ -334,6 +335,17 @@ def _autocast(device, amp: bool):
 # ------------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------------
+def make_optimizer(model, tc: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; the per-element/pair output biases of the heads (the on-site reference levels, tens of eV)
+    are not weight-decayed: decay would pull them towards zero by ~lr*wd*|b| every step."""
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias.weight") and n.startswith("head_")]
+    ids = {id(p) for p in no_decay}
+    decay = [p for p in model.parameters() if id(p) not in ids]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+
+
 def train(data_paths, output, model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
           preset: str = "paper", parent: str | None = None, resume: bool = True, log=print,
           max_epochs_per_run: int | None = None, evaluate_test: bool = True) -> dict:
@@ -419,15 +431,28 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
         partial = grow_state_dict(model, pstate)
         if partial:
             log(f"fine-tuning: grew {len(partial)} parameter tables for new elements")
+    if not resuming and tc.onsite_reference:
+        new_elements = None
+        if parent:
+            new_elements = [e for e in model_cfg.elements if e not in parent_cfg.elements]
+        ref_ds = StructureDataset(split["train"], model.basis)
+        used = init_onsite_reference(model, (ref_ds[k][1] for k in range(len(ref_ds))), elements=new_elements)
+        if used and is_main:
+            log("on-site reference from the training data (atoms used): "
+                + ", ".join(f"{e} {n}" for e, n in used.items()))
     model = model.to(device=device, dtype=dtype)
     nparams = model.num_parameters()
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    opt = make_optimizer(model, tc)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=tc.lr_factor, patience=tc.lr_patience)
     epoch, best = 0, math.inf
     history_len = 0
     if resuming:
         ck = load_checkpoint(latest)
         model.load_state_dict(ck["model"])
+        if len(ck["optimizer"]["param_groups"]) == 1:   # checkpoints before the no-decay group
+            opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=tc.lr_factor,
+                                                               patience=tc.lr_patience)
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         _set_rng_state(ck["rng"])
