@@ -314,3 +314,20 @@ def test_auto_kpath_is_in_the_input_cells_basis(mp_id):
     # and a k-point shifted by a reciprocal lattice vector of the input cell is equivalent
     shifted = band_energies(ham, k[pick] + [1, -1, 2], threads=1).eigenvalues
     np.testing.assert_allclose(mine, shifted, atol=1e-8)
+
+
+def test_batched_small_cell_solver_equals_per_k(monkeypatch):
+    """The stacked all-k solver of small cells gives the per-k solver's eigenvalues, also where S(k)
+    directions are dropped (those k-points fall back to the per-k path)."""
+    import aiida_deeph.physics.bands as bands_mod
+
+    ham = corpus_ham("mp-22862")          # 27 orbitals: batched by default
+    k, _ = monkhorst_pack([4, 4, 4])
+    for s_threshold in (1e-7, 5e-3):      # smallest S(k) eigenvalue ~1.9e-3: the second drops some
+        batched = band_energies(ham, k, s_threshold=s_threshold)
+        monkeypatch.setattr(bands_mod, "BATCHED_MAX_ORBITALS", 0)
+        per_k = band_energies(ham, k, s_threshold=s_threshold, threads=1)
+        monkeypatch.undo()
+        np.testing.assert_array_equal(batched.dropped, per_k.dropped)
+        np.testing.assert_allclose(batched.eigenvalues, per_k.eigenvalues, atol=1e-9, equal_nan=True)
+    assert per_k.dropped.max() > 0

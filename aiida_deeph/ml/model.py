@@ -184,8 +184,8 @@ def prepare_graph(ham, basis: BasisMap, with_targets: bool = True) -> dict:
     entry_local = pos_tab[ap[pair_of_entry, 3], row] * ns + pos_tab[ap[pair_of_entry, 4], col]
     g = {
         "species": torch.from_numpy(species_idx),
-        "pos": torch.from_numpy(np.asarray(ham.positions, dtype=np.float64)),
-        "cell": torch.from_numpy(np.asarray(ham.cell, dtype=np.float64)),
+        "pos": torch.from_numpy(np.array(ham.positions, dtype=np.float64)),
+        "cell": torch.from_numpy(np.array(ham.cell, dtype=np.float64)),
         "edge_R": torch.from_numpy(ap[edge_rows, :3].copy()),
         "edge_dst": torch.from_numpy(ap[edge_rows, 3].copy()),
         "edge_src": torch.from_numpy(ap[edge_rows, 4].copy()),

@@ -143,10 +143,68 @@ def _solve_one(hk: np.ndarray, sk: np.ndarray, s_threshold: float):
     return out, int((~keep).sum()), smin
 
 
+BATCHED_MAX_ORBITALS = 64    # up to this, all k at once with stacked numpy LAPACK calls (no per-k Python)
+_BATCH_BYTES = 64 * 2 ** 20
+
+
+def _real_space_stack(ham: PackedHamiltonian):
+    """Dense M(R) stacks (nR, n, n) of H and S, and the distinct lattice vectors R (nR, 3)."""
+    rows, cols, pair_of_entry = ham.entry_rows_cols()
+    rvec, r_of_pair = np.unique(ham.atom_pairs[:, :3], axis=0, return_inverse=True)
+    r_of_pair = r_of_pair.reshape(-1)
+    n = ham.num_orbitals
+    flat = (r_of_pair[pair_of_entry] * n + rows) * n + cols
+    out = []
+    for data in (ham.hamiltonian, ham.overlap):
+        m = np.zeros(len(rvec) * n * n)
+        m[flat] = data                     # (i, j, R) pairs are unique in the packed format
+        out.append(m.reshape(len(rvec), n, n))
+    return rvec.astype(np.float64), out[0], out[1]
+
+
+def _band_energies_batched(ham: PackedHamiltonian, kpoints: np.ndarray, s_threshold: float):
+    """All k at once: M(k) = sum_R e^{2 pi i k.R} M(R) by one matrix product, then stacked Hermitian
+    eigensolvers (Loewdin orthogonalisation S^-1/2 H S^-1/2). k-points whose S(k) has an eigenvalue below
+    ``s_threshold`` are redone by the per-k solver (which drops those directions)."""
+    rvec, h_r, s_r = _real_space_stack(ham)
+    n = ham.num_orbitals
+    nk = len(kpoints)
+    eig = np.empty((nk, n))
+    dropped = np.zeros(nk, dtype=np.int64)
+    smin_all = np.empty(nk)
+    chunk = max(1, int(_BATCH_BYTES // (16 * 4 * n * n)))
+    h_r2, s_r2 = h_r.reshape(len(rvec), -1), s_r.reshape(len(rvec), -1)
+    for a in range(0, nk, chunk):
+        k = kpoints[a:a + chunk]
+        phase = np.exp(2j * np.pi * (k @ rvec.T))                    # (nk, nR)
+        hk = (phase @ h_r2).reshape(-1, n, n)
+        sk = (phase @ s_r2).reshape(-1, n, n)
+        hk = 0.5 * (hk + np.conj(np.swapaxes(hk, 1, 2)))
+        sk = 0.5 * (sk + np.conj(np.swapaxes(sk, 1, 2)))
+        s_eval, s_evec = np.linalg.eigh(sk)
+        smin = s_eval[:, 0]
+        smin_all[a:a + len(k)] = smin
+        good = smin > s_threshold
+        if good.any():
+            x = s_evec[good] / np.sqrt(s_eval[good])[:, None, :]
+            eig[a:a + len(k)][good] = np.linalg.eigvalsh(np.conj(np.swapaxes(x, 1, 2)) @ hk[good] @ x)
+        for i in np.flatnonzero(~good):
+            e, nd, _ = _solve_one(hk[i], sk[i], s_threshold)
+            eig[a + i], dropped[a + i] = e, nd
+    return eig, dropped, float(smin_all.min())
+
+
 def band_energies(ham: PackedHamiltonian, kpoints, s_threshold: float = 1e-7, threads: int | None = None) -> BandResult:
-    """Eigenvalues (eV) of H(k), S(k) at fractional ``kpoints`` (in the reciprocal basis of ``ham.cell``)."""
+    """Eigenvalues (eV) of H(k), S(k) at fractional ``kpoints`` (in the reciprocal basis of ``ham.cell``).
+
+    Small cells (``BATCHED_MAX_ORBITALS``) solve all k-points at once with stacked LAPACK calls; larger
+    ones one k at a time, threaded over k (``threads``)."""
     check_finite(ham)
     kpoints = np.atleast_2d(np.asarray(kpoints, dtype=np.float64))
+    if ham.num_orbitals <= BATCHED_MAX_ORBITALS and len(kpoints) > 2:
+        with blas_threads(1):
+            eig, dropped, smin = _band_energies_batched(ham, kpoints, s_threshold)
+        return BandResult(kpoints=kpoints, eigenvalues=eig, dropped=dropped, min_s_eigenvalue=smin)
     cache: dict = {}
     ham.matrix_at_k(kpoints[0], "overlap", cache)  # fill the index cache once
 
