@@ -1,6 +1,6 @@
 """Benchmark: AiiDA overhead per structure of the DatabaseWorkChain (replay stand-in, SQLite, no daemon).
 
-    python benchmarks/bench_database.py [--sizes 10 67] [--max-concurrent 8]
+    python benchmarks/bench_database.py [--sizes 10 67] [--max-concurrent 8] [--daemon W] [--timeline]
 
 For each size N: a fresh group of N corpus structures (StructureData exactly as computed), one
 DatabaseWorkChain run through `run()` with the replay stand-in as the OpenMX code. The replay's own
@@ -18,17 +18,44 @@ import time
 from pathlib import Path
 
 
-def make_profile(tmp: Path):
+def make_profile(tmp: Path, broker: bool = False):
     from aiida import load_profile
     from aiida.manage.configuration import create_profile, get_config
 
     config = get_config(create=True)
+    kw = {}
+    if broker:   # AiiDA 2.9's built-in ZeroMQ broker (no RabbitMQ): daemon + submit
+        from aiida.plugins import BrokerFactory
+
+        kw = {"broker_backend": "core.zeromq", "broker_config": BrokerFactory("core.zeromq").get_default_config()}
     profile = create_profile(config, name="bench-db", email="bench@localhost", storage_backend="core.sqlite_dos",
-                             storage_config={"filepath": str(tmp / "storage")})
+                             storage_config={"filepath": str(tmp / "storage")}, **kw)
     config.set_option("runner.poll.interval", 1, scope=profile.name)
     config.set_default_profile(profile.name, overwrite=True)
     config.store()
     return load_profile(profile.name, allow_switch=True)
+
+
+def timeline(root) -> None:
+    """Per OpenmxBaseWorkChain: seconds from the database work chain's start to the child's creation, to its
+    calculation's creation, to the calculation's last change (parsed) and to the child's last change."""
+    from aiida import orm
+
+    t0 = root.ctime
+    rows = []
+    for wc in root.called:
+        if not isinstance(wc, orm.WorkflowNode):
+            continue
+        calcs = [c for c in wc.called if isinstance(c, orm.CalcJobNode)]
+        if not calcs:
+            continue
+        c = calcs[0]
+        rows.append([(x - t0).total_seconds() for x in (wc.ctime, c.ctime, c.mtime, wc.mtime)])
+    rows.sort()
+    print("  child created | calc created | calc done | child done (s from start)")
+    for r in rows:
+        print("  " + " | ".join(f"{x:7.2f}" for x in r))
+    print(f"  end of database work chain: {(root.mtime - t0).total_seconds():.2f} s")
 
 
 def main():
@@ -36,11 +63,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--corpus", default=str(here.parent / "shared" / "openmx-corpus"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 67])
+    parser.add_argument("--daemon", type=int, default=0, metavar="W",
+                        help="submit to a daemon with W workers (ZeroMQ broker) instead of run() in this process")
+    parser.add_argument("--timeline", action="store_true", help="print where the time of each child went")
+    parser.add_argument("--login-shell", action="store_true", help="use a login shell for transport commands (verdi presto's default)")
     parser.add_argument("--max-concurrent", type=int, default=8)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-db-"))
     os.environ["AIIDA_PATH"] = str(tmp)
-    make_profile(tmp)
+    make_profile(tmp, broker=bool(args.daemon))
 
     from aiida import orm
     from aiida.engine import run_get_node
@@ -51,7 +82,7 @@ def main():
 
     computer = orm.Computer(label="localhost", hostname="localhost", transport_type="core.local",
                             scheduler_type="core.direct", workdir=str(tmp / "work")).store()
-    computer.configure()
+    computer.configure(use_login_shell=args.login_shell, safe_interval=0.0)   # a login shell costs ~0.13 s per command
     computer.set_minimum_job_poll_interval(0.0)
     exe = write_replay_executable(tmp / "openmx", [args.corpus])
     code = orm.InstalledCode(label="openmx-replay", computer=computer, filepath_executable=str(exe),
@@ -73,18 +104,37 @@ def main():
     replay_per = (time.perf_counter() - t0) / len(structures)
 
     print(f"replay stand-in alone: {replay_per:.3f} s per structure")
+    if args.daemon:
+        subprocess.run(["verdi", "-p", "bench-db", "daemon", "start", str(args.daemon)], check=True,
+                       stdout=subprocess.DEVNULL)
+        print(f"daemon with {args.daemon} workers (ZeroMQ broker), submit()")
+    else:
+        print("run() in this process (verdi run), no daemon")
     print(f"{'N':>4s} {'wall s':>8s} {'per structure':>14s} {'overhead/structure':>19s} {'done':>5s}")
     for n in args.sizes:
         n = min(n, len(structures))
         group = orm.Group(label=f"bench-structures-{n}").store()
         group.add_nodes([s for s, _ in structures[:n]])
+        inputs = dict(code=code, source=orm.Str("group"), structure_group=orm.Str(group.label),
+                      group_label=orm.Str(f"bench-db-{n}"), max_concurrent=orm.Int(args.max_concurrent))
         t0 = time.perf_counter()
-        results, node = run_get_node(DatabaseWorkChain, code=code, source=orm.Str("group"),
-                                     structure_group=orm.Str(group.label), group_label=orm.Str(f"bench-db-{n}"),
-                                     max_concurrent=orm.Int(args.max_concurrent))
-        wall = time.perf_counter() - t0
+        if args.daemon:
+            from aiida.engine import submit
+
+            node = submit(DatabaseWorkChain, **inputs)
+            while not node.is_terminated:
+                time.sleep(0.2)
+            wall = time.perf_counter() - t0
+            results = node.outputs
+        else:
+            results, node = run_get_node(DatabaseWorkChain, **inputs)
+            wall = time.perf_counter() - t0
         done = results["summary"]["num_done"]
         print(f"{n:4d} {wall:8.1f} {wall / n:14.2f} {(wall - replay_per * n) / n:19.2f} {done:5d}")
+        if args.timeline:
+            timeline(node)
+    if args.daemon:
+        subprocess.run(["verdi", "-p", "bench-db", "daemon", "stop"], stdout=subprocess.DEVNULL)
     return 0
 
 

@@ -76,3 +76,21 @@ def corpus_structure(mp_id: str):
     structure = StructureData(pymatgen=Structure.from_dict(meta["structure"]))
     structure.base.extras.set("mp_id", mp_id)
     return structure
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+@pytest.fixture
+def slurm_computer(aiida_profile, tmp_path):
+    """An AiiDA computer on the local single-node Slurm (scripts/slurm-local.sh); skipped with the reason
+    where no Slurm runs, failed in CI (where it must run)."""
+    from aiida_deeph.testing.slurm import setup_slurm_computer, slurm_available
+
+    available, reason = slurm_available()
+    if not available:
+        if _in_ci():
+            pytest.fail(f"CI requires the Slurm tests to run (scripts/slurm-local.sh as root): {reason}")
+        pytest.skip(reason)
+    return setup_slurm_computer(label="localhost-slurm", workdir=str(tmp_path / "slurm-work"))

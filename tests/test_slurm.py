@@ -10,21 +10,7 @@ import subprocess
 
 import pytest
 
-from aiida_deeph.testing.slurm import setup_slurm_computer, slurm_available
 
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
-@pytest.fixture
-def slurm_computer(aiida_profile, tmp_path):
-    available, reason = slurm_available()
-    if not available:
-        if _in_ci():
-            pytest.fail(f"CI requires the Slurm tests to run (scripts/slurm-local.sh as root): {reason}")
-        pytest.skip(reason)
-    return setup_slurm_computer(label="localhost-slurm", workdir=str(tmp_path / "slurm-work"))
 
 
 def _bash_add_code(computer, label):

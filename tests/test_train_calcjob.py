@@ -19,16 +19,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("e3nn")
 
-from aiida_deeph.testing.slurm import setup_slurm_computer, slurm_available  # noqa: E402
 
 from .test_ml_equivariance import load_corpus  # noqa: E402
 
 TRAIN_IDS = ("mp-134", "mp-92", "mp-1550", "mp-21", "mp-22297")
 CONFIG = {"preset": "tiny", "model": {"num_gaussians": 16}, "train": {"max_epochs": 2}}
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 
 
 def _executable() -> str:
@@ -60,15 +55,6 @@ def hamiltonians(aiida_profile):
         nodes.append(HamiltonianData(packed).store())
     return nodes
 
-
-@pytest.fixture
-def slurm_computer(aiida_profile, tmp_path):
-    available, reason = slurm_available()
-    if not available:
-        if _in_ci():
-            pytest.fail(f"CI requires the Slurm tests to run (scripts/slurm-local.sh as root): {reason}")
-        pytest.skip(reason)
-    return setup_slurm_computer(label="localhost-slurm", workdir=str(tmp_path / "slurm-work"))
 
 
 def _builder(code, config=None, settings=None, wall=300, **inputs):
