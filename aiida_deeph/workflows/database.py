@@ -191,27 +191,50 @@ class DatabaseWorkChain(WorkChain):
         self.ctx.batch = list(futures)
         return self.to_context(**futures)
 
-    def collect_batch(self):
+    def _record_child(self, child) -> None:
+        """Put one finished OpenmxBaseWorkChain's result in the dataset Group (or the failure record), once.
+
+        Called as each child finishes (:meth:`_on_awaitable_finished`) and again for the whole batch in
+        :meth:`collect_batch` (a no-op for children already recorded), so a structure enters the Group
+        as soon as its run ends, not when the slowest run of its batch does.
+        """
+        recorded = self.ctx.get("recorded", [])
+        if child.uuid in recorded:
+            return
         group = self.ctx.group
+        structure = child.inputs["openmx"]["structure"] if "openmx" in child.inputs else None
+        key = self._key(structure) if structure is not None else child.label
+        ham = child.outputs.hamiltonian if "hamiltonian" in child.outputs else None
         failed_record = dict(group.base.extras.get(GROUP_FAILED_EXTRA, {}))
+        if child.is_finished_ok and ham is not None and ham.base.attributes.get("scf_converged") is True:
+            group.add_nodes(ham)
+            self.ctx.done.append({"mp_id": key, "hamiltonian": ham.uuid, "workchain": child.uuid})
+            if failed_record.pop(key, None) is not None:
+                group.base.extras.set(GROUP_FAILED_EXTRA, failed_record)
+        else:
+            reason = child.exit_message or f"exit status {child.exit_status}"
+            if child.is_excepted:
+                reason = "excepted: " + (child.exception or "").strip().splitlines()[-1:][0] if child.exception else "excepted"
+            self.ctx.failed.append({"mp_id": key, "reason": reason, "exit_status": child.exit_status,
+                                    "workchain": child.uuid})
+            failed_record[key] = reason
+            group.base.extras.set(GROUP_FAILED_EXTRA, failed_record)
+            self.report(f"{key}: failed ({reason}); not added to the dataset")
+        self.ctx.recorded = recorded + [child.uuid]
+
+    def _on_awaitable_finished(self, awaitable) -> None:
+        """AiiDA's callback when an awaited child terminates: also record that child at once."""
+        super()._on_awaitable_finished(awaitable)
+        try:
+            child = orm.load_node(awaitable.pk)
+            if isinstance(child, orm.WorkflowNode) and child.is_terminated:
+                self._record_child(child)
+        except Exception as exc:  # noqa: BLE001 - collect_batch records it at the end of the batch anyway
+            self.logger.warning(f"could not record child {awaitable.pk} as it finished: {exc}")
+
+    def collect_batch(self):
         for name in self.ctx.batch:
-            child = self.ctx[name]
-            structure = child.inputs["openmx"]["structure"] if "openmx" in child.inputs else None
-            key = self._key(structure) if structure is not None else child.label
-            ham = child.outputs.hamiltonian if "hamiltonian" in child.outputs else None
-            if child.is_finished_ok and ham is not None and ham.base.attributes.get("scf_converged") is True:
-                group.add_nodes(ham)
-                self.ctx.done.append({"mp_id": key, "hamiltonian": ham.uuid, "workchain": child.uuid})
-                failed_record.pop(key, None)
-            else:
-                reason = child.exit_message or f"exit status {child.exit_status}"
-                if child.is_excepted:
-                    reason = "excepted: " + (child.exception or "").strip().splitlines()[-1:][0] if child.exception else "excepted"
-                self.ctx.failed.append({"mp_id": key, "reason": reason, "exit_status": child.exit_status,
-                                        "workchain": child.uuid})
-                failed_record[key] = reason
-                self.report(f"{key}: failed ({reason}); not added to the dataset")
-        group.base.extras.set(GROUP_FAILED_EXTRA, failed_record)
+            self._record_child(self.ctx[name])
 
     def finalize(self):
         summary = {
