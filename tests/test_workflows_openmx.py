@@ -85,15 +85,18 @@ def test_database_workchain_resumes_and_isolates_failures(openmx_code):
 def test_database_failure_is_reported_not_added(openmx_code, monkeypatch):
     from pymatgen.core import Lattice, Structure
 
+    import inspect
+
     # each child is recorded (Group / failure record) as it finishes, not at the end of its batch
-    seen_at_batch_end = []
-    original = DatabaseWorkChain.collect_batch
+    # (the outline's own steps are bound when the spec is first built, so spy on the recorder itself)
+    first_caller = {}
+    original = DatabaseWorkChain._record_child
 
-    def spy(self):
-        seen_at_batch_end.append((len(self.ctx.get("recorded", [])), len(self.ctx.batch)))
-        return original(self)
+    def spy(self, child):
+        first_caller.setdefault(child.pk, inspect.stack()[1].function)
+        return original(self, child)
 
-    monkeypatch.setattr(DatabaseWorkChain, "collect_batch", spy)
+    monkeypatch.setattr(DatabaseWorkChain, "_record_child", spy)
 
     good = corpus_structure("mp-22862").store()
     # a cell with no recorded OpenMX run: the stand-in refuses it, so this structure cannot be computed
@@ -112,7 +115,7 @@ def test_database_failure_is_reported_not_added(openmx_code, monkeypatch):
     group = orm.load_group("test-db-mixed")
     assert [n.base.attributes.get("mp_id") for n in group.nodes] == ["mp-22862"]
     assert "test-unrecorded" in group.base.extras.get(GROUP_FAILED_EXTRA)
-    assert seen_at_batch_end == [(2, 2)], seen_at_batch_end
+    assert list(first_caller.values()) == ["_on_awaitable_finished"] * 2, first_caller
     # rerun: the failed structure is not recomputed unless asked
     before = _count_calcs()
     results2, _ = run_get_node(DatabaseWorkChain, **inputs)
