@@ -346,3 +346,20 @@ def test_cli_one_line_errors(tmp_path, capsys):
                "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "missing.cif" in err
+
+
+def test_read_structure_poscar_without_pymatgen_equals_pymatgen(tmp_path):
+    """POSCARs are read by the project's own parser (no pymatgen import in the CLI); same numbers."""
+    from pymatgen.core import Structure
+
+    from aiida_deeph.overlap.compute import read_structure
+
+    meta = json.loads((corpus_dir() / "mp-10182" / "meta.json").read_text())
+    st = Structure.from_dict(meta["structure"])
+    path = tmp_path / "POSCAR"
+    st.to(filename=str(path), fmt="poscar")
+    cell, pos, species = read_structure(path)
+    ref = Structure.from_file(str(path))
+    np.testing.assert_allclose(cell, ref.lattice.matrix, atol=1e-12)
+    np.testing.assert_allclose(pos, ref.cart_coords, atol=1e-9)
+    assert species == [s.specie.symbol for s in ref]

@@ -135,11 +135,21 @@ def read_structure(path) -> tuple:
     path = Path(path)
     if not path.is_file():
         raise OverlapError(f"structure file {path} not found")
+    name = path.name.lower()
+    if not name.endswith((".json", ".cif")):
+        # plain VASP5 POSCAR: read it without importing pymatgen (~1 s of start-up in the CLI)
+        from ..io.dock import DockFormatError, read_poscar
+
+        try:
+            cell, positions, species = read_poscar(path)
+            if abs(np.linalg.det(cell)) > 1e-6 and all(sym.isalpha() and len(sym) <= 2 for sym in species):
+                return cell, positions, list(species)
+        except DockFormatError:
+            pass        # VASP4, selective dynamics with odd flags, ...: pymatgen below
     try:
         from pymatgen.core import Structure
     except ImportError:  # pragma: no cover - pymatgen is a dependency of the CLI path
         Structure = None
-    name = path.name.lower()
     try:
         if name.endswith(".json"):
             data = json.loads(path.read_text())
