@@ -1,6 +1,6 @@
 """Benchmark: AiiDA overhead per structure of the DatabaseWorkChain (replay stand-in, SQLite, no daemon).
 
-    python benchmarks/bench_database.py [--sizes 10 67] [--max-concurrent 8] [--daemon W] [--timeline]
+    python benchmarks/bench_database.py [--sizes 10 67] [--max-concurrent 8] [--daemon W] [--broker] [--timeline]
 
 For each size N: a fresh group of N corpus structures (StructureData exactly as computed), one
 DatabaseWorkChain run through `run()` with the replay stand-in as the OpenMX code. The replay's own
@@ -65,13 +65,14 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 67])
     parser.add_argument("--daemon", type=int, default=0, metavar="W",
                         help="submit to a daemon with W workers (ZeroMQ broker) instead of run() in this process")
+    parser.add_argument("--broker", action="store_true", help="profile with the ZeroMQ broker also for run()")
     parser.add_argument("--timeline", action="store_true", help="print where the time of each child went")
     parser.add_argument("--login-shell", action="store_true", help="use a login shell for transport commands (verdi presto's default)")
     parser.add_argument("--max-concurrent", type=int, default=8)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-db-"))
     os.environ["AIIDA_PATH"] = str(tmp)
-    make_profile(tmp, broker=bool(args.daemon))
+    make_profile(tmp, broker=bool(args.daemon) or args.broker)
 
     from aiida import orm
     from aiida.engine import run_get_node
