@@ -489,8 +489,9 @@ def init_onsite_reference(model: DeepH2, graphs, elements=None, min_atoms: int =
     starts at zero and, under Adam, moves about one learning rate per step: without this the on-site
     blocks of a short training stay eV off (the Huber loss's linear regime gives them little weight).
     As MACE fixes atomic reference energies from the data, the fixed ``reference`` buffer rows of the
-    on-site head for ``elements`` (default: all; the trained bias learns the rest) are set by least squares to the scalar (rotation- and inversion-invariant, so equivariance is kept)
-    part of the mean on-site block over the atoms of the first structures of ``graphs`` (an iterable of
+    on-site head for ``elements`` (default: all; the trained bias learns the rest) are set by least
+    squares to the scalar (rotation- and inversion-invariant, so equivariance is kept) part of the
+    mean on-site block over the atoms of the first structures of ``graphs`` (an iterable of
     :func:`prepare_graph` dicts with ``H``), until every element has ``min_atoms`` atoms or
     ``max_structures`` were read. Returns ``{element: number of atoms used}``.
     """
@@ -523,14 +524,14 @@ def init_onsite_reference(model: DeepH2, graphs, elements=None, min_atoms: int =
             break
     M0 = head._M64[:, :head.n0].numpy()
     used = {}
-    weight = head.reference
+    ref = head.reference
     for e in sorted(wanted):
         mask = cnts[e] > 0
         if not mask.any():
             continue
         target = sums[e, mask] / cnts[e, mask]
         b, *_ = np.linalg.lstsq(M0[mask], target, rcond=None)
-        weight[e] = torch.as_tensor(b / cfg.output_scale, dtype=weight.dtype, device=weight.device)
+        ref[e] = torch.as_tensor(b / cfg.output_scale, dtype=ref.dtype, device=ref.device)
         used[cfg.elements[e]] = int(atoms[e])
     return used
 

@@ -336,8 +336,8 @@ def _autocast(device, amp: bool):
 # training
 # ------------------------------------------------------------------------------------------------
 def make_optimizer(model, tc: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; the per-element/pair output biases of the heads (the on-site reference levels, tens of eV)
-    are not weight-decayed: decay would pull them towards zero by ~lr*wd*|b| every step."""
+    """AdamW; the per-element/pair output offsets of the heads (``head_*.bias``) are not weight-decayed:
+    decay would pull them towards zero by ~lr*wd*|b| every step, whatever the data say."""
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias.weight") and n.startswith("head_")]
     ids = {id(p) for p in no_decay}
     decay = [p for p in model.parameters() if id(p) not in ids]
@@ -431,13 +431,13 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
         partial = grow_state_dict(model, pstate)
         if partial:
             log(f"fine-tuning: grew {len(partial)} parameter tables for new elements")
-    if not resuming and tc.onsite_reference:
+    if not resuming and tc.onsite_reference and is_main:   # DDP broadcasts rank 0's buffers to the others
         new_elements = None
         if parent:
             new_elements = [e for e in model_cfg.elements if e not in parent_cfg.elements]
         ref_ds = StructureDataset(split["train"], model.basis)
         used = init_onsite_reference(model, (ref_ds[k][1] for k in range(len(ref_ds))), elements=new_elements)
-        if used and is_main:
+        if used:
             log("on-site reference from the training data (atoms used): "
                 + ", ".join(f"{e} {n}" for e, n in used.items()))
     model = model.to(device=device, dtype=dtype)

@@ -143,6 +143,30 @@ def _solve_one(hk: np.ndarray, sk: np.ndarray, s_threshold: float):
     return out, int((~keep).sum()), smin
 
 
+def _dense_matrices(ham: PackedHamiltonian, k0):
+    """``k -> (H(k), S(k))`` dense and Hermitian-symmetrized, sharing one index cache (filled at ``k0``)."""
+    cache: dict = {}
+    ham.matrix_at_k(k0, "overlap", cache)
+
+    def matrices(k):
+        hk = ham.matrix_at_k(k, "hamiltonian", cache)
+        sk = ham.matrix_at_k(k, "overlap", cache)
+        return 0.5 * (hk + hk.conj().T), 0.5 * (sk + sk.conj().T)
+
+    return matrices
+
+
+def _map_over_k(work, kpoints, threads: int | None, blas_limit) -> list:
+    """``[work(k) for k in kpoints]``, threaded over k (``threads``, default all cores) with BLAS limited to
+    ``blas_limit(number of k threads)`` threads inside."""
+    threads = threads or min(len(kpoints), os.cpu_count() or 1)
+    with blas_threads(blas_limit(threads if len(kpoints) > 1 else 1)):
+        if threads > 1 and len(kpoints) > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                return list(pool.map(work, kpoints))
+        return [work(k) for k in kpoints]
+
+
 BATCHED_MAX_ORBITALS = 64    # up to this, all k at once with stacked numpy LAPACK calls (no per-k Python)
 _BATCH_BYTES = 64 * 2 ** 20
 
@@ -205,23 +229,9 @@ def band_energies(ham: PackedHamiltonian, kpoints, s_threshold: float = 1e-7, th
         with blas_threads(1):
             eig, dropped, smin = _band_energies_batched(ham, kpoints, s_threshold)
         return BandResult(kpoints=kpoints, eigenvalues=eig, dropped=dropped, min_s_eigenvalue=smin)
-    cache: dict = {}
-    ham.matrix_at_k(kpoints[0], "overlap", cache)  # fill the index cache once
-
-    def work(k):
-        hk = ham.matrix_at_k(k, "hamiltonian", cache)
-        sk = ham.matrix_at_k(k, "overlap", cache)
-        hk = 0.5 * (hk + hk.conj().T)
-        sk = 0.5 * (sk + sk.conj().T)
-        return _solve_one(hk, sk, s_threshold)
-
-    threads = threads or min(len(kpoints), os.cpu_count() or 1)
-    with blas_threads(_blas_limit(ham.num_orbitals, threads if len(kpoints) > 1 else 1)):
-        if threads > 1 and len(kpoints) > 1:
-            with ThreadPoolExecutor(threads) as pool:
-                results = list(pool.map(work, kpoints))
-        else:
-            results = [work(k) for k in kpoints]
+    matrices = _dense_matrices(ham, kpoints[0])
+    results = _map_over_k(lambda k: _solve_one(*matrices(k), s_threshold), kpoints, threads,
+                          lambda t: _blas_limit(ham.num_orbitals, t))
     return BandResult(
         kpoints=kpoints,
         eigenvalues=np.array([r[0] for r in results]),
@@ -607,23 +617,13 @@ def band_energies_window(ham: PackedHamiltonian, kpoints, emin: float | None = N
         def work(k):
             return _window_sparse(builder, k, s_threshold, emin, emax, sigma, n_below, n_above, tol, check_s)
     else:
-        cache: dict = {}
-        ham.matrix_at_k(kpoints[0], "overlap", cache)
+        matrices = _dense_matrices(ham, kpoints[0])
 
         def work(k):
-            hk = ham.matrix_at_k(k, "hamiltonian", cache)
-            sk = ham.matrix_at_k(k, "overlap", cache)
-            return _window_dense(0.5 * (hk + hk.conj().T), 0.5 * (sk + sk.conj().T), s_threshold,
-                                 emin, emax, sigma, n_below, n_above)
+            return _window_dense(*matrices(k), s_threshold, emin, emax, sigma, n_below, n_above)
 
-    threads = threads or min(len(kpoints), os.cpu_count() or 1)
-    limit = 1 if solver == "sparse" else _blas_limit(ham.num_orbitals, threads if len(kpoints) > 1 else 1)
-    with blas_threads(limit):
-        if threads > 1 and len(kpoints) > 1:
-            with ThreadPoolExecutor(threads) as pool:
-                results = list(pool.map(work, kpoints))
-        else:
-            results = [work(k) for k in kpoints]
+    results = _map_over_k(work, kpoints, threads,
+                          lambda t: 1 if solver == "sparse" else _blas_limit(ham.num_orbitals, t))
     smins = [r[2] for r in results if np.isfinite(r[2])]
     return WindowResult(kpoints=kpoints, eigenvalues=[np.asarray(r[0]) for r in results],
                         dropped=np.array([r[1] for r in results]),

@@ -71,10 +71,6 @@ def band_errors(predicted, reference, predicted_fermi: float, reference_fermi: f
     return out
 
 
-# the intrinsic level now lives with the Fermi solver; kept importable from here
-from aiida_deeph.physics.bands import intrinsic_fermi_level  # noqa: E402,F401
-
-
 def combine_gaps(a: dict, b: dict) -> dict:
     """The band gap over the union of two k-point sets, from two :func:`~aiida_deeph.physics.bands.band_gap`
     results at the same Fermi level (e.g. the band path and the SCF mesh).

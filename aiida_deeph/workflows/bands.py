@@ -129,8 +129,6 @@ def compute_bands(hamiltonian: HamiltonianData, kpoints: orm.KpointsData, parame
                      kmax=p.get("kpoints_max", 8), temperature=float(p.get("temperature", 300.0)),
                      s_threshold=s_threshold)
     ef = fl["fermi_energy_eV"]
-    fermi_method = ("Fermi-Dirac electron count on the protocol k-mesh (physics.bands.fermi_level; "
-                    "mid-gap intrinsic level for gaps wider than 20 kT)")
     res, solver = solve_bands(packed, kfrac, num_bands=p.get("num_bands"), sigma=ef if p.get("num_bands") else None,
                               s_threshold=s_threshold)
     eig = res.padded()
@@ -165,8 +163,8 @@ def compute_bands(hamiltonian: HamiltonianData, kpoints: orm.KpointsData, parame
         "gap_over": "band path and Fermi-level k-mesh",
         "num_electrons": float(nel),
         "electrons_source": nel_source,
-        "fermi_method": fermi_method,
-        "fermi_bisection_eV": float(fl["fermi_energy_eV"]),
+        "fermi_method": ("Fermi-Dirac electron count on the protocol k-mesh (physics.bands.fermi_level; "
+                         "mid-gap intrinsic level for gaps wider than 20 kT)"),
         "fermi_kmesh": list(fl["kmesh"]),
         "fermi_num_kpoints": int(fl["num_kpoints"]),
         "temperature_K": float(fl["temperature"]),

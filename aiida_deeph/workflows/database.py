@@ -198,8 +198,8 @@ class DatabaseWorkChain(WorkChain):
         :meth:`collect_batch` (a no-op for children already recorded), so a structure enters the Group
         as soon as its run ends, not when the slowest run of its batch does.
         """
-        recorded = self.ctx.get("recorded", [])
-        if child.uuid in recorded:
+        last = len(self.ctx.batch)   # a child of this batch can only be among the last entries
+        if any(entry["workchain"] == child.uuid for entry in self.ctx.done[-last:] + self.ctx.failed[-last:]):
             return
         group = self.ctx.group
         structure = child.inputs["openmx"]["structure"] if "openmx" in child.inputs else None
@@ -220,7 +220,6 @@ class DatabaseWorkChain(WorkChain):
             failed_record[key] = reason
             group.base.extras.set(GROUP_FAILED_EXTRA, failed_record)
             self.report(f"{key}: failed ({reason}); not added to the dataset")
-        self.ctx.recorded = recorded + [child.uuid]
 
     def _on_awaitable_finished(self, awaitable) -> None:
         """AiiDA's callback when an awaited child terminates: also record that child at once."""
