@@ -531,3 +531,17 @@ def test_pure_core_imports():
             "bad = sorted({m.split('.')[0] for m in sys.modules} & {'aiida', 'mp_api'}); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_primitive_cells_are_wrapped_into_the_unit_cell():
+    from pymatgen.core import Lattice
+
+    from aiida_deeph.structures.source import wrap_to_unit_cell
+
+    s = Structure(Lattice.cubic(3.0), ["Na", "Cl"], [[1.0, 1.0, -1e-12], [1.5, -0.5, 0.5 - 1e-12]])
+    w = wrap_to_unit_cell(s)
+    assert np.array_equal(w.frac_coords[0], [0.0, 0.0, 0.0])
+    assert np.allclose(w.frac_coords[1], [0.5, 0.5, 0.5], atol=1e-11)
+    assert ((w.frac_coords >= 0) & (w.frac_coords < 1)).all()
+    assert [x.specie.symbol for x in w] == ["Na", "Cl"]
+    assert np.allclose(w.lattice.matrix, s.lattice.matrix, atol=0)

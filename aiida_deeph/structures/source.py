@@ -231,6 +231,22 @@ def _structure_of(record: dict):
 
 # ------------------------------------------------------------------------------------------ filter
 
+def wrap_to_unit_cell(structure, tol: float = 1e-8):
+    """The same structure with every fractional coordinate in [0, 1) (values within ``tol`` of 1 become 0).
+
+    pymatgen's ``get_primitive_structure`` may leave a site one lattice vector outside the cell (seen with
+    pymatgen-core 2026.10: bcc Li's only atom at fractional (1, 1, 0)); wrapping makes the stored cell
+    independent of such version details (the OpenMX corpus has all coordinates in [0, 1)).
+    """
+    import numpy as np
+    from pymatgen.core import Structure
+
+    frac = np.mod(structure.frac_coords, 1.0)
+    frac[np.abs(frac - 1.0) < tol] = 0.0
+    return Structure(structure.lattice, structure.species_and_occu, frac,
+                     site_properties=structure.site_properties or None)
+
+
 def filter_records(
     records: Iterable[dict],
     max_sites: int = 150,
@@ -303,7 +319,7 @@ def filter_records(
         n_given = len(structure)
         if primitive:
             try:
-                structure = structure.get_primitive_structure()
+                structure = wrap_to_unit_cell(structure.get_primitive_structure())
             except Exception as exc:  # noqa: BLE001
                 rejections.append(Rejection(mp_id, formula, "invalid", f"primitive reduction failed: {exc}"))
                 continue
