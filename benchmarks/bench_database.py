@@ -6,16 +6,34 @@ For each size N: a fresh group of N corpus structures (StructureData exactly as 
 DatabaseWorkChain run through `run()` with the replay stand-in as the OpenMX code. The replay's own
 time (what a DFT code would take here: decompressing and copying recorded files) is measured
 separately by running the stand-in directly on the same inputs, and subtracted:
-overhead per structure = (wall - replay time) / N.
+overhead per structure = (wall - replay time) / N. Also printed: the CPU time of this process (the AiiDA
+engine and the plugin's code; the replay runs in other processes) per structure.
 """
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+def cpu_seconds(daemon: bool = False) -> float:
+    """User + system CPU seconds of this process (not of its children), or of the running daemon workers."""
+    if not daemon:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    import psutil
+
+    total = 0.0
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "bench-db" in cmd and "daemon" in cmd and "worker" in cmd:
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def make_profile(tmp: Path, broker: bool = False):
@@ -72,6 +90,8 @@ def main():
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-db-"))
     os.environ["AIIDA_PATH"] = str(tmp)
+    # the daemon is started with `verdi` and itself looks for it on PATH: use this interpreter's
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     make_profile(tmp, broker=bool(args.daemon) or args.broker)
 
     from aiida import orm
@@ -108,10 +128,11 @@ def main():
     if args.daemon:
         subprocess.run(["verdi", "-p", "bench-db", "daemon", "start", str(args.daemon)], check=True,
                        stdout=subprocess.DEVNULL)
-        print(f"daemon with {args.daemon} workers (ZeroMQ broker), submit()")
+        print(f"daemon with {args.daemon} workers (ZeroMQ broker), submit(); engine CPU = the workers' CPU")
     else:
         print("run() in this process (verdi run), no daemon")
-    print(f"{'N':>4s} {'wall s':>8s} {'per structure':>14s} {'overhead/structure':>19s} {'done':>5s}")
+    print(f"{'N':>4s} {'wall s':>8s} {'per structure':>14s} {'overhead/structure':>19s} {'engine CPU/structure':>21s} "
+          f"{'done':>5s}")
     for n in args.sizes:
         n = min(n, len(structures))
         group = orm.Group(label=f"bench-structures-{n}").store()
@@ -119,6 +140,7 @@ def main():
         inputs = dict(code=code, source=orm.Str("group"), structure_group=orm.Str(group.label),
                       group_label=orm.Str(f"bench-db-{n}"), max_concurrent=orm.Int(args.max_concurrent))
         t0 = time.perf_counter()
+        cpu0 = cpu_seconds(bool(args.daemon))
         if args.daemon:
             from aiida.engine import submit
 
@@ -130,8 +152,9 @@ def main():
         else:
             results, node = run_get_node(DatabaseWorkChain, **inputs)
             wall = time.perf_counter() - t0
+        cpu = (cpu_seconds(bool(args.daemon)) - cpu0) / n
         done = results["summary"]["num_done"]
-        print(f"{n:4d} {wall:8.1f} {wall / n:14.2f} {(wall - replay_per * n) / n:19.2f} {done:5d}")
+        print(f"{n:4d} {wall:8.1f} {wall / n:14.2f} {(wall - replay_per * n) / n:19.2f} {cpu:21.2f} {done:5d}")
         if args.timeline:
             timeline(node)
     if args.daemon:

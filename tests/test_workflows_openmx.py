@@ -72,6 +72,15 @@ def test_database_workchain_resumes_and_isolates_failures(openmx_code):
     record = structure.creator.inputs.record.get_dict()
     assert record["mp_id"] == ids[0] and "database_version" in record and "query" in record
 
+    # inputs equal for every structure are one stored node shared by all children; k-points are per structure
+    children = [c for c in node.called if isinstance(c, orm.WorkflowNode)]
+    for name in ("parameters", "basis"):
+        assert len({c.inputs.openmx[name].uuid for c in children}) == 1, name
+    assert len({c.inputs.max_iterations.uuid for c in children}) == 1
+    assert len({c.inputs.openmx.kpoints.uuid for c in children}) == 3
+    # the checkpointed context holds no per-structure lists (the queue is an extra of the node)
+    assert node.base.extras.get("deeph_queue") == [c.inputs.openmx.structure.pk for c in sorted(children, key=lambda c: c.pk)]
+
     # re-running the same command computes nothing new
     before = _count_calcs()
     results2, node2 = run_get_node(DatabaseWorkChain, **inputs)
@@ -120,3 +129,79 @@ def test_database_failure_is_reported_not_added(openmx_code, monkeypatch):
     before = _count_calcs()
     results2, _ = run_get_node(DatabaseWorkChain, **inputs)
     assert _count_calcs() == before and results2["summary"]["num_skipped"] == 2
+
+
+# ------------------------------------------------------------------------------------ sanity check
+
+def _corpus_hamiltonian(mp_id="mp-22862"):
+    from aiida_deeph.data.hamiltonian import HamiltonianData
+    from aiida_deeph.io.openmx import load_openmx_run
+
+    from .conftest import corpus_dir
+
+    return load_openmx_run(corpus_dir() / mp_id), HamiltonianData
+
+
+def test_sanity_check_reads_attributes_and_falls_back_to_arrays(aiida_profile):
+    from aiida_deeph.workflows.openmx_base import _array_problems
+
+    packed, HamiltonianData = _corpus_hamiltonian()
+    good = HamiltonianData(packed)
+    attrs = good.base.attributes.all
+    assert attrs["all_finite"] is True and 0.9 < attrs["min_onsite_overlap_diagonal"] < 1.1
+    assert _array_problems(good) == []
+
+    nan = packed.copy()
+    nan.hamiltonian[7] = float("nan")
+    bad = HamiltonianData(nan)
+    assert bad.base.attributes.get("all_finite") is False
+    assert _array_problems(bad) == ["NaN/Inf in H or S"]
+
+    small = packed.copy()
+    onsite = next(p for p in range(small.num_pairs)
+                  if small.atom_pairs[p, 3] == small.atom_pairs[p, 4] and not small.atom_pairs[p, :3].any())
+    start = small.offsets[onsite]
+    small.overlap[start] = 0.2          # first diagonal entry of an on-site block
+    low = HamiltonianData(small)
+    assert low.base.attributes.get("min_onsite_overlap_diagonal") == pytest.approx(0.2)
+    assert _array_problems(low) == ["on-site overlap diagonal not positive"]
+
+    # nodes stored before these attributes existed: the arrays are read
+    for node, expected in ((good, []), (bad, ["NaN/Inf in H or S"]), (low, ["on-site overlap diagonal not positive"])):
+        node.base.attributes.delete("all_finite")
+        node.base.attributes.delete("min_onsite_overlap_diagonal")
+        assert _array_problems(node.store()) == expected
+
+
+def test_sanity_check_fails_the_base_workchain(openmx_code, monkeypatch):
+    import aiida_deeph.data.hamiltonian as hd
+
+    monkeypatch.setattr(hd, "_min_onsite_overlap_diagonal", lambda packed: 0.1)
+    builder = OpenmxBaseWorkChain.get_builder_from_protocol(openmx_code, corpus_structure("mp-22862"))
+    _, node = run_get_node(builder)
+    assert node.exit_status == OpenmxBaseWorkChain.exit_codes.ERROR_SANITY_CHECK_FAILED.status
+    assert "on-site overlap diagonal" in node.exit_message
+
+
+def test_database_window_refills_as_each_run_ends(openmx_code, monkeypatch):
+    """max_concurrent is a rolling window: a new structure starts when any run ends, not when its batch does."""
+    from aiida_deeph.testing.replay import TIME_SCALE_VAR
+
+    # replays wait 0.05 x the recorded wall time: mp-10044 6.6 s, the others 0.5-1.8 s
+    monkeypatch.setenv(TIME_SCALE_VAR, "0.05")
+    ids = ["mp-10044", "mp-632172", "mp-684609", "mp-79"]   # launched in this order (2 sites each, then by id)
+    sgroup = orm.Group(label="test-structures-window").store()
+    sgroup.add_nodes([corpus_structure(i).store() for i in ids])
+    results, node = run_get_node(DatabaseWorkChain, code=openmx_code, source=orm.Str("group"),
+                                 structure_group=orm.Str(sgroup.label), group_label=orm.Str("test-db-window"),
+                                 max_concurrent=orm.Int(2))
+    assert node.is_finished_ok and results["summary"]["num_done"] == 4
+    children = {c.label: c for c in node.called}
+    assert sorted(children) == sorted(ids)
+    slow = children["mp-10044"]
+    # the third and fourth structures started while the slow first one was still running
+    for late in ("mp-684609", "mp-79"):
+        assert children[late].ctime < slow.mtime, (late, children[late].ctime, slow.mtime)
+    starts = sorted(c.ctime for c in children.values())
+    running_at = [sum(1 for c in children.values() if c.ctime <= t < c.mtime) for t in starts]
+    assert max(running_at) <= 2, running_at    # never more than max_concurrent at once

@@ -6,6 +6,7 @@ from aiida.common import datastructures
 from aiida.engine import CalcJob
 
 from aiida_deeph.data.hamiltonian import HamiltonianData
+from aiida_deeph.engine import AttachedOutputsMixin
 from aiida_deeph.physics.basis import BasisTable, load_basis_table
 
 DATA_PATH_EXTRA = "openmx_data_path"
@@ -90,7 +91,7 @@ def basis_table_from_input(basis) -> BasisTable:
     return BasisTable(name=data.get("name", "custom"), elements=data["elements"])
 
 
-class OpenmxCalculation(CalcJob):
+class OpenmxCalculation(AttachedOutputsMixin, CalcJob):
     """Run OpenMX 3.9 (``HS.fileout on``) on a structure and store H, S as ``HamiltonianData``.
 
     ``parameters`` holds OpenMX keywords (protocol values plus overrides); the structure, species,

@@ -31,7 +31,9 @@ class HamiltonianData(Data):
     ``num_pairs``, ``num_entries``, ``fermi_energy`` (eV), ``num_electrons``, ``basis`` (element ->
     OpenMX basis string), ``orbital_ls``, ``source`` ('DFT', 'model' or 'PAO overlap'), ``mp_id``,
     ``has_hamiltonian``, ``has_overlap``, ``has_density_matrix``, ``file_size`` (bytes),
-    ``scf_steps``, ``scf_converged``, ``cell`` and ``symbols`` (per atom).
+    ``scf_steps``, ``scf_converged``, ``cell`` and ``symbols`` (per atom), ``all_finite`` (no NaN/Inf
+    in the stored arrays) and ``min_onsite_overlap_diagonal`` (smallest diagonal entry of the on-site
+    overlap blocks, about 1 for normalized PAOs; None without S), so that sanity checks need no file.
     """
 
     def __init__(self, packed: PackedHamiltonian | None = None, *, compression: str | None = "gzip", **kwargs):
@@ -81,6 +83,9 @@ class HamiltonianData(Data):
             "symbols": list(species),
             "energy_unit": "eV",
             "orbital_order": "openmx",
+            "all_finite": all(bool(np.isfinite(a).all()) for a in (packed.hamiltonian, packed.overlap,
+                                                                    packed.density_matrix) if a is not None),
+            "min_onsite_overlap_diagonal": _min_onsite_overlap_diagonal(packed),
         }
         for key, value in attrs.items():
             self.base.attributes.set(key, value)
@@ -137,6 +142,17 @@ class HamiltonianData(Data):
     @property
     def source(self) -> str:
         return self.base.attributes.get("source")
+
+
+def _min_onsite_overlap_diagonal(packed: PackedHamiltonian):
+    """Smallest diagonal entry of the on-site (R = 0, i = j) overlap blocks, or None without S."""
+    if packed.overlap is None:
+        return None
+    pairs = packed.atom_pairs
+    onsite = np.flatnonzero((pairs[:, 3] == pairs[:, 4]) & ~pairs[:, :3].any(axis=1))
+    if onsite.size == 0:
+        return None
+    return float(min(np.diag(packed.block(int(p), "overlap")).min() for p in onsite))
 
 
 def all_element_pairs(elements) -> list:

@@ -11,6 +11,7 @@ OpenMX compares keywords case-insensitively; use :func:`get_keyword` to look one
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from importlib import resources
 
@@ -357,6 +358,12 @@ def recursive_merge(a: dict, b: dict) -> dict:
 
 
 def _load_protocol_file() -> dict:
+    """The parsed protocol file (a fresh deep copy: callers may change it)."""
+    return copy.deepcopy(_parsed_protocol_file())
+
+
+@functools.lru_cache(maxsize=1)
+def _parsed_protocol_file() -> dict:
     text = resources.files("aiida_deeph.resources").joinpath("protocols").joinpath("openmx.yaml").read_text("utf8")
     try:
         import yaml

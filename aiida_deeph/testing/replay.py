@@ -7,6 +7,8 @@ separated by ``os.pathsep``, each a run folder or a folder of run folders), and 
 ``.out`` / ``.scfout`` / ``.Band`` into the working folder under the input's ``System.Name``, writes
 the recorded stdout to stdout, and says on stderr that it replayed (first line
 ``REPLAYED recorded OpenMX output of <folder>``). An input without a recording is an error (exit 1).
+With ``$AIIDA_DEEPH_REPLAY_TIME_SCALE`` = f it first waits f x the recorded run's wall time, so that
+replayed runs take as unequal times as the real ones (for benchmarks and scheduling tests).
 
 Usage: ``python -m aiida_deeph.testing.replay INPUT.dat [-nt T]`` (``mpirun -np N`` may wrap it),
 or an executable made by :func:`write_replay_executable`.
@@ -24,6 +26,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from aiida_deeph.io.openmx_input import OpenmxInputError, get_keyword, parse_input
@@ -43,6 +46,7 @@ __all__ = [
 ]
 
 ENV_VAR = "AIIDA_DEEPH_REPLAY_CORPUS"
+TIME_SCALE_VAR = "AIIDA_DEEPH_REPLAY_TIME_SCALE"
 KEY_VERSION = 1
 INDEX_FILE = ".aiida_deeph_replay_index.json"
 _OUTPUT_SUFFIXES = ("out", "scfout", "Band")
@@ -347,6 +351,7 @@ def replay(input_path, corpus_dirs, workdir=None, stdout=None, stderr=None) -> i
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     band_on = (get_keyword(params, "Band.dispersion") or ["off"])[0].lower() == "on"
+    _sleep_like_the_recording(folder, stderr)
     copied = []
     for suffix in _OUTPUT_SUFFIXES:
         if suffix == "Band" and not band_on:
@@ -369,6 +374,25 @@ def replay(input_path, corpus_dirs, workdir=None, stdout=None, stderr=None) -> i
         stdout.write(data.decode("latin-1"))
         stdout.flush()
     return _recorded_returncode(folder, data)
+
+
+def _sleep_like_the_recording(folder: Path, stderr) -> None:
+    """With ``$AIIDA_DEEPH_REPLAY_TIME_SCALE`` = f > 0, wait f x the recorded run's wall time (meta.json
+    ``wall_s``): replays then take as unequal times as the real runs did (benchmarks, scheduling tests)."""
+    try:
+        scale = float(os.environ.get(TIME_SCALE_VAR, "0") or 0)
+    except ValueError:
+        scale = 0.0
+    if scale <= 0:
+        return
+    try:
+        wall = float(json.loads((folder / "meta.json").read_text()).get("wall_s") or 0)
+    except (OSError, ValueError, TypeError):
+        wall = 0.0
+    if wall > 0:
+        print(f"REPLAY: waiting {scale * wall:.2f} s ({TIME_SCALE_VAR}={scale:g} x recorded {wall:g} s)",
+              file=stderr, flush=True)
+        time.sleep(scale * wall)
 
 
 def _recorded_returncode(folder: Path, std: bytes) -> int:

@@ -1,18 +1,31 @@
 """``DatabaseWorkChain``: Materials Project structures -> OpenMX -> a Group of HamiltonianData.
 
 Resumable (structures whose Hamiltonian is already in the target group are skipped), failure-isolating
-(a failed structure is reported, never fails the database) and with bounded concurrency (batches of
-at most ``max_concurrent`` OpenmxBaseWorkChains). Only converged runs that pass the sanity check are
-added to the group (quality gate).
+(a failed structure is reported, never fails the database) and with bounded concurrency: at most
+``max_concurrent`` OpenmxBaseWorkChains run at any time, and a new one starts as soon as one ends (a
+rolling window, not batches that wait for their slowest run). Only converged runs that pass the
+sanity check are added to the group (quality gate).
+
+Scale: the checkpointed context stays small whatever the number of structures (a cursor, counters
+and the running children); the queue of structures and the skipped/rejected lists are kept once in
+the work chain node's extras, and the summary is assembled from the graph at the end.
 """
 from __future__ import annotations
 
 from aiida import orm
-from aiida.engine import WorkChain, calcfunction, while_
+from aiida.engine import ToContext, WorkChain, calcfunction, while_
+from plumpy import ProcessState
 from aiida.plugins import WorkflowFactory
+
+from aiida_deeph.engine import AttachedOutputsMixin
 
 GROUP_WORKCHAINS_EXTRA = "deeph_database_workchains"
 GROUP_FAILED_EXTRA = "deeph_failed"
+QUEUE_EXTRA = "deeph_queue"          # on the DatabaseWorkChain node: pks of the StructureData to compute, in order
+SKIPPED_EXTRA = "deeph_skipped"
+REJECTED_EXTRA = "deeph_rejected"
+# inputs that are the same for every structure of a run: one stored node shared by all OpenmxBaseWorkChains
+SHARED_INPUTS = (("openmx", "parameters"), ("openmx", "basis"), ("max_iterations",), ("clean_workdir",))
 
 
 @calcfunction
@@ -21,6 +34,12 @@ def import_structure(record: orm.Dict) -> orm.StructureData:
     from pymatgen.core import Structure
 
     return orm.StructureData(pymatgen=Structure.from_dict(record["structure"]))
+
+
+def _validate_positive(value, _):
+    if value.value < 1:
+        return f"max_concurrent must be at least 1, not {value.value}"
+    return None
 
 
 def find_imported_structure(mp_id: str, primitive: bool):
@@ -52,7 +71,7 @@ def store_candidate(candidate, query: dict, database_version) -> orm.StructureDa
     return structure
 
 
-class DatabaseWorkChain(WorkChain):
+class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
     """Build (or extend) a Group of DFT HamiltonianData from a structure source."""
 
     @classmethod
@@ -77,14 +96,15 @@ class DatabaseWorkChain(WorkChain):
                    help="Protocol overrides for OpenmxBaseWorkChain ({'openmx': {'parameters': {...}}, ...}).")
         spec.input("options", valid_type=orm.Dict, required=False,
                    help="metadata.options of every OpenmxCalculation (resources, max_wallclock_seconds, ...).")
-        spec.input("max_concurrent", valid_type=orm.Int, default=lambda: orm.Int(4))
+        spec.input("max_concurrent", valid_type=orm.Int, default=lambda: orm.Int(4), validator=_validate_positive,
+                   help="At most this many OpenmxBaseWorkChains run at a time; a new one starts as one ends.")
         spec.input("group_label", valid_type=orm.Str, help="The dataset Group (created if missing).")
         spec.input("retry_failed", valid_type=orm.Bool, default=lambda: orm.Bool(False),
                    help="Also rerun structures that failed in earlier runs for this group.")
         spec.outline(
             cls.setup,
             cls.select,
-            while_(cls.has_pending)(cls.submit_batch, cls.collect_batch),
+            while_(cls.has_work)(cls.launch),
             cls.finalize,
         )
         spec.output("summary", valid_type=orm.Dict,
@@ -100,8 +120,13 @@ class DatabaseWorkChain(WorkChain):
         known = list(self.ctx.group.base.extras.get(GROUP_WORKCHAINS_EXTRA, []))
         if self.node.uuid not in known:
             self.ctx.group.base.extras.set(GROUP_WORKCHAINS_EXTRA, known + [self.node.uuid])
-        self.ctx.done, self.ctx.skipped, self.ctx.failed, self.ctx.rejected, self.ctx.notes = [], [], [], [], []
-        self.ctx.queue = []
+        self.ctx.notes = []
+        self.ctx.num_queued = 0      # structures in the queue (node extra QUEUE_EXTRA)
+        self.ctx.next = 0            # index of the next structure to launch
+        self.ctx.running = []        # pks of the OpenmxBaseWorkChains running now (at most max_concurrent)
+        self.ctx.num_done = 0
+        self.ctx.num_failed = 0
+        self.ctx.shared = {}         # SHARED_INPUTS path -> pk of the stored node every child uses
 
     def _key(self, structure) -> str:
         return structure.base.extras.get("mp_id", None) or structure.uuid
@@ -110,6 +135,7 @@ class DatabaseWorkChain(WorkChain):
         source = self.inputs.source.value
         primitive = self.inputs.primitive.value
         structures = []
+        rejected = []
         if source == "group":
             if "structure_group" not in self.inputs:
                 return self.exit_codes.ERROR_STRUCTURE_SOURCE.format(message="source 'group' needs structure_group")
@@ -139,7 +165,7 @@ class DatabaseWorkChain(WorkChain):
                 )
             except (StructureSourceError, OSError, ValueError) as exc:
                 return self.exit_codes.ERROR_STRUCTURE_SOURCE.format(message=str(exc).splitlines()[0])
-            self.ctx.rejected = [r.as_dict() for r in result.rejections]
+            rejected = [r.as_dict() for r in result.rejections]
             self.ctx.notes.extend(result.notes)
             if result.missing_ids:
                 self.ctx.notes.append(f"requested ids not found: {', '.join(result.missing_ids)}")
@@ -149,6 +175,7 @@ class DatabaseWorkChain(WorkChain):
         else:
             return self.exit_codes.ERROR_STRUCTURE_SOURCE.format(message=f"unknown source {source!r}")
         if not structures:
+            self.node.base.extras.set(REJECTED_EXTRA, rejected)
             return self.exit_codes.ERROR_NO_STRUCTURES
 
         # resume: skip what the group already holds (and, unless retry_failed, what failed before)
@@ -157,92 +184,211 @@ class DatabaseWorkChain(WorkChain):
         have = {m for m, _ in in_group if m} | {u for _, u in in_group if u}
         failed_before = {} if self.inputs.retry_failed.value else dict(
             self.ctx.group.base.extras.get(GROUP_FAILED_EXTRA, {}))
+        skipped, queue = [], []
         for structure in structures:
             key = self._key(structure)
             if key in have or structure.uuid in have:
-                self.ctx.skipped.append({"mp_id": key, "reason": "already in group"})
+                skipped.append({"mp_id": key, "reason": "already in group"})
             elif key in failed_before:
-                self.ctx.skipped.append({"mp_id": key, "reason": f"failed before: {failed_before[key]}"})
+                skipped.append({"mp_id": key, "reason": f"failed before: {failed_before[key]}"})
             else:
-                self.ctx.queue.append(structure.pk)
-        self.report(f"{len(structures)} structures: {len(self.ctx.queue)} to compute, "
-                    f"{len(self.ctx.skipped)} skipped, {len(self.ctx.rejected)} candidates rejected")
+                queue.append(structure.pk)
+        # kept once in the node's extras, not in the context that every checkpoint writes
+        self.node.base.extras.set_many({QUEUE_EXTRA: queue, SKIPPED_EXTRA: skipped, REJECTED_EXTRA: rejected})
+        self.ctx.num_queued = len(queue)
+        self.report(f"{len(structures)} structures: {len(queue)} to compute, "
+                    f"{len(skipped)} skipped, {len(rejected)} candidates rejected")
 
-    def has_pending(self):
-        return bool(self.ctx.queue)
+    def has_work(self):
+        return bool(self.ctx.running) or self.ctx.next < self.ctx.num_queued
 
-    def submit_batch(self):
+    def launch(self):
+        """Fill the window of running OpenmxBaseWorkChains, then wait until one of them ends.
+
+        A child's end is handled in :meth:`_on_awaitable_finished`: it is recorded at once and, while
+        structures are waiting, this step runs again to start the next one.
+        """
+        for pk in list(self.ctx.running):   # children that ended while this work chain was not waiting
+            child = orm.load_node(pk)
+            if child.is_terminated:
+                self._record_child(child)
+        room = self.inputs.max_concurrent.value - len(self.ctx.running)
+        if room > 0 and self.ctx.next < self.ctx.num_queued:
+            queue = self.node.base.extras.get(QUEUE_EXTRA)
+            for pk in queue[self.ctx.next: self.ctx.next + room]:
+                self.ctx.next += 1
+                self.ctx.running.append(self._submit(pk).pk)
+        for key in [k for k in self.ctx if k.startswith("child_")]:   # resolved or superseded placeholders
+            del self.ctx[key]
+        if self.ctx.running:
+            return ToContext(**{f"child_{pk}": orm.load_node(pk) for pk in self.ctx.running})
+        return None
+
+    def _submit(self, pk: int):
+        """Submit the OpenmxBaseWorkChain of StructureData ``pk`` (inputs equal for all children are shared)."""
         base = WorkflowFactory("deeph.openmx.base")
-        overrides = self.inputs.overrides.get_dict() if "overrides" in self.inputs else {}
+        structure = orm.load_node(pk)
+        builder = base.get_builder_from_protocol(
+            self.inputs.code, structure, self.inputs.protocol.value,
+            overrides=self.inputs.overrides.get_dict() if "overrides" in self.inputs else {})
         options = self.inputs.options.get_dict() if "options" in self.inputs else {}
-        batch, self.ctx.queue = self.ctx.queue[: self.inputs.max_concurrent.value], self.ctx.queue[
-            self.inputs.max_concurrent.value:]
-        futures = {}
-        for pk in batch:
-            structure = orm.load_node(pk)
-            builder = base.get_builder_from_protocol(self.inputs.code, structure, self.inputs.protocol.value,
-                                                     overrides=overrides)
-            if options:
-                for key, value in options.items():
-                    builder.openmx.metadata.options[key] = value
-            builder.metadata.label = self._key(structure)
-            builder.metadata.call_link_label = f"openmx_{pk}"
-            futures[f"run_{pk}"] = self.submit(builder)
-        self.ctx.batch = list(futures)
-        return self.to_context(**futures)
+        for key, value in options.items():
+            builder.openmx.metadata.options[key] = value
+        for path in SHARED_INPUTS:
+            self._share_input(builder, path)
+        builder.metadata.label = self._key(structure)
+        builder.metadata.call_link_label = f"openmx_{pk}"
+        node = self.submit(builder)
+        for path in SHARED_INPUTS:
+            name = ".".join(path)
+            if name not in self.ctx.shared:
+                value = _get_path(builder, path)
+                if value is not None and value.is_stored:
+                    self.ctx.shared[name] = value.pk
+        return node
+
+    def _share_input(self, builder, path) -> None:
+        """Replace the builder's input at ``path`` by the stored node of an earlier child when they are equal."""
+        pk = self.ctx.shared.get(".".join(path))
+        value = _get_path(builder, path)
+        if pk is None or value is None:
+            return
+        cache = self.__dict__.setdefault("_deeph_shared_content", {})   # pk -> content (never changes)
+        if pk not in cache:
+            cache[pk] = _node_content(orm.load_node(pk))
+        if cache[pk] == _node_content(value):
+            _set_path(builder, path, orm.load_node(pk))
+
+    def _classify(self, child):
+        """(HamiltonianData or None, failure reason or None) of a terminated OpenmxBaseWorkChain."""
+        ham = child.outputs.hamiltonian if "hamiltonian" in child.outputs else None
+        if child.is_finished_ok and ham is not None and ham.base.attributes.get("scf_converged") is True:
+            return ham, None
+        if child.is_excepted:
+            lines = (child.exception or "").strip().splitlines()
+            return None, "excepted: " + lines[-1] if lines else "excepted"
+        return None, child.exit_message or f"exit status {child.exit_status}"
+
+    def _child_key(self, child) -> str:
+        """The MP id (or uuid) of a child's structure: :meth:`_submit` makes it the child's label."""
+        if child.label:
+            return child.label
+        structure = child.inputs["openmx"]["structure"] if "openmx" in child.inputs else None
+        return self._key(structure) if structure is not None else str(child.pk)
 
     def _record_child(self, child) -> None:
-        """Put one finished OpenmxBaseWorkChain's result in the dataset Group (or the failure record), once.
+        """Put one ended OpenmxBaseWorkChain's result in the dataset Group (or the failure record), once.
 
-        Called as each child finishes (:meth:`_on_awaitable_finished`) and again for the whole batch in
-        :meth:`collect_batch` (a no-op for children already recorded), so a structure enters the Group
-        as soon as its run ends, not when the slowest run of its batch does.
+        Called as each child ends (:meth:`_on_awaitable_finished`), or by :meth:`launch` for a child
+        that ended while no callback could run; a child no longer among the running ones was recorded.
         """
-        last = len(self.ctx.batch)   # a child of this batch can only be among the last entries
-        if any(entry["workchain"] == child.uuid for entry in self.ctx.done[-last:] + self.ctx.failed[-last:]):
+        if child.pk not in self.ctx.running:
             return
+        self.ctx.running.remove(child.pk)
+        self.ctx.pop(f"child_{child.pk}", None)
         group = self.ctx.group
-        structure = child.inputs["openmx"]["structure"] if "openmx" in child.inputs else None
-        key = self._key(structure) if structure is not None else child.label
-        ham = child.outputs.hamiltonian if "hamiltonian" in child.outputs else None
-        failed_record = dict(group.base.extras.get(GROUP_FAILED_EXTRA, {}))
-        if child.is_finished_ok and ham is not None and ham.base.attributes.get("scf_converged") is True:
+        key = self._child_key(child)
+        ham, reason = self._classify(child)
+        if ham is not None:
             group.add_nodes(ham)
-            self.ctx.done.append({"mp_id": key, "hamiltonian": ham.uuid, "workchain": child.uuid})
-            if failed_record.pop(key, None) is not None:
+            self.ctx.num_done += 1
+            failed_record = group.base.extras.get(GROUP_FAILED_EXTRA, {})
+            if key in failed_record:
+                failed_record.pop(key)
                 group.base.extras.set(GROUP_FAILED_EXTRA, failed_record)
         else:
-            reason = child.exit_message or f"exit status {child.exit_status}"
-            if child.is_excepted:
-                reason = "excepted: " + (child.exception or "").strip().splitlines()[-1:][0] if child.exception else "excepted"
-            self.ctx.failed.append({"mp_id": key, "reason": reason, "exit_status": child.exit_status,
-                                    "workchain": child.uuid})
+            self.ctx.num_failed += 1
+            failed_record = dict(group.base.extras.get(GROUP_FAILED_EXTRA, {}))
             failed_record[key] = reason
             group.base.extras.set(GROUP_FAILED_EXTRA, failed_record)
             self.report(f"{key}: failed ({reason}); not added to the dataset")
 
     def _on_awaitable_finished(self, awaitable) -> None:
-        """AiiDA's callback when an awaited child terminates: also record that child at once."""
-        super()._on_awaitable_finished(awaitable)
+        """AiiDA's callback when an awaited child ends: record it, and start the next one without waiting for
+        the other running children.
+
+        Replaces aiida-core's handler (which resolves the awaitable and resumes once none is left). Every
+        running child is awaited at each :meth:`launch`, but its callback is registered only once per
+        Python process (:meth:`_action_awaitables`), so a callback may come for an awaitable of an earlier
+        step, or while a step runs. Callbacks may also interleave with each other at database calls, so
+        the list of awaitables is changed in place and before any database call.
+        """
+        pk = awaitable.pk
+        self._awaitables[:] = [a for a in self._awaitables if a.pk != pk]
+        self.__dict__.setdefault("_deeph_watched", set()).discard(pk)
+        self.logger.info("received callback that awaitable %d has terminated", pk)
         try:
-            child = orm.load_node(awaitable.pk)
+            child = orm.load_node(pk)
             if isinstance(child, orm.WorkflowNode) and child.is_terminated:
                 self._record_child(child)
-        except Exception as exc:  # noqa: BLE001 - collect_batch records it at the end of the batch anyway
-            self.logger.warning(f"could not record child {awaitable.pk} as it finished: {exc}")
+        except Exception as exc:  # noqa: BLE001 - launch() records it at its next run anyway
+            self.logger.warning(f"could not record child {pk} as it ended: {exc}")
+        self.ctx.pop(f"child_{pk}", None)
+        if self.state != ProcessState.WAITING:
+            return
+        room = len(self.ctx.running) < self.inputs.max_concurrent.value and self.ctx.next < self.ctx.num_queued
+        if room:
+            self._awaitables.clear()   # the other children stay watched: their callbacks are registered
+        self._update_process_status()
+        if not self._awaitables and self.state == ProcessState.WAITING:
+            self.resume()
 
-    def collect_batch(self):
-        for name in self.ctx.batch:
-            self._record_child(self.ctx[name])
+    def _action_awaitables(self) -> None:
+        """Register the end-of-process callback once per child (aiida-core would do it at every wait)."""
+        watched = self.__dict__.setdefault("_deeph_watched", set())
+        awaitables = self._awaitables
+        self._awaitables = [a for a in awaitables if a.pk not in watched]
+        try:
+            super()._action_awaitables()
+        finally:
+            watched.update(a.pk for a in self._awaitables)
+            self._awaitables = awaitables
 
     def finalize(self):
+        done, failed = [], []
+        for child in sorted(self.node.called, key=lambda n: n.pk):
+            if not isinstance(child, orm.WorkflowNode):
+                continue
+            key = self._child_key(child)
+            ham, reason = self._classify(child)
+            if ham is not None:
+                done.append({"mp_id": key, "hamiltonian": ham.uuid, "workchain": child.uuid})
+            else:
+                failed.append({"mp_id": key, "reason": reason, "exit_status": child.exit_status,
+                               "workchain": child.uuid})
+        extras = self.node.base.extras
+        skipped, rejected = extras.get(SKIPPED_EXTRA, []), extras.get(REJECTED_EXTRA, [])
         summary = {
             "group": self.ctx.group.label,
-            "num_done": len(self.ctx.done), "num_skipped": len(self.ctx.skipped),
-            "num_failed": len(self.ctx.failed), "num_rejected": len(self.ctx.rejected),
-            "done": self.ctx.done, "skipped": self.ctx.skipped, "failed": self.ctx.failed,
-            "rejected": self.ctx.rejected, "notes": self.ctx.notes,
+            "num_done": len(done), "num_skipped": len(skipped),
+            "num_failed": len(failed), "num_rejected": len(rejected),
+            "done": done, "skipped": skipped, "failed": failed,
+            "rejected": rejected, "notes": self.ctx.notes,
         }
         self.out("summary", orm.Dict(summary).store())
-        self.report(f"done {len(self.ctx.done)}, skipped {len(self.ctx.skipped)}, failed {len(self.ctx.failed)}, "
-                    f"rejected {len(self.ctx.rejected)}; group {self.ctx.group.label} holds {self.ctx.group.count()} nodes")
+        self.report(f"done {len(done)}, skipped {len(skipped)}, failed {len(failed)}, "
+                    f"rejected {len(rejected)}; group {self.ctx.group.label} holds {self.ctx.group.count()} nodes")
+
+
+def _get_path(builder, path):
+    node = builder
+    for part in path:
+        if part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set_path(builder, path, value) -> None:
+    node = builder
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+
+
+def _node_content(node):
+    if isinstance(node, orm.Dict):
+        return ("Dict", node.get_dict())
+    if isinstance(node, orm.BaseType):
+        return (type(node).__name__, node.value)
+    return ("uuid", node.uuid)

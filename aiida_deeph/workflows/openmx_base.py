@@ -8,6 +8,7 @@ from aiida import orm
 from aiida.common import AttributeDict
 from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
 
+from aiida_deeph.engine import AttachedOutputsMixin
 from aiida_deeph.calculations.openmx import OpenmxCalculation, flatten_keywords, nest_keywords
 
 
@@ -26,7 +27,29 @@ def _set(params: dict, key: str, value) -> None:
     params[key] = value
 
 
-class OpenmxBaseWorkChain(BaseRestartWorkChain):
+def _array_problems(ham) -> list:
+    """NaN/Inf in H or S, or an on-site overlap diagonal entry <= 0.5 (normalized PAOs give about 1).
+
+    Read from the attributes that ``HamiltonianData`` records when it is created; nodes made before
+    those attributes existed are checked on their stored arrays.
+    """
+    attrs = ham.base.attributes.all
+    if "all_finite" in attrs and "min_onsite_overlap_diagonal" in attrs:
+        finite, min_diag = attrs["all_finite"], attrs["min_onsite_overlap_diagonal"]
+    else:
+        from aiida_deeph.data.hamiltonian import _min_onsite_overlap_diagonal
+
+        packed = ham.get_packed(load=("hamiltonian", "overlap"))
+        finite = bool(np.isfinite(packed.hamiltonian).all() and np.isfinite(packed.overlap).all())
+        min_diag = _min_onsite_overlap_diagonal(packed) if finite else None
+    if not finite:
+        return ["NaN/Inf in H or S"]
+    if min_diag is None or min_diag <= 0.5:
+        return ["on-site overlap diagonal not positive"]
+    return []
+
+
+class OpenmxBaseWorkChain(AttachedOutputsMixin, BaseRestartWorkChain):
     """Run OpenMX with automated restarts.
 
     Handlers (highest priority first):
@@ -154,15 +177,7 @@ class OpenmxBaseWorkChain(BaseRestartWorkChain):
             if attrs.get("scf_converged") is not True:
                 problems.append("SCF not marked converged")
             if not problems:
-                packed = ham.get_packed(load=("hamiltonian", "overlap"))
-                if not (np.isfinite(packed.hamiltonian).all() and np.isfinite(packed.overlap).all()):
-                    problems.append("NaN/Inf in H or S")
-                else:
-                    onsite = packed.atom_pairs[:, 3] == packed.atom_pairs[:, 4]
-                    onsite &= ~packed.atom_pairs[:, :3].any(axis=1)
-                    diag_ok = all(np.all(np.diag(packed.block(p, "overlap")) > 0.5) for p in np.flatnonzero(onsite))
-                    if not diag_ok:
-                        problems.append("on-site overlap diagonal not positive")
+                problems.extend(_array_problems(ham))
         if problems:
             message = "; ".join(problems)
             self.report(f"{calculation.process_label}<{calculation.pk}>: sanity check failed: {message}")
