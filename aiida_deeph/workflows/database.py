@@ -261,13 +261,12 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
 
     def _classify(self, child):
         """(HamiltonianData or None, failure reason or None) of a terminated OpenmxBaseWorkChain."""
-        ham = child.outputs.hamiltonian if "hamiltonian" in child.outputs else None
-        if child.is_finished_ok and ham is not None and ham.base.attributes.get("scf_converged") is True:
-            return ham, None
-        if child.is_excepted:
-            lines = (child.exception or "").strip().splitlines()
-            return None, "excepted: " + lines[-1] if lines else "excepted"
-        return None, child.exit_message or f"exit status {child.exit_status}"
+        ham = child.base.links.get_outgoing(link_label_filter="hamiltonian").first()
+        ham = ham.node if ham is not None else None
+        ok, reason = _classification(child.is_finished_ok, child.is_excepted, child.exit_status, child.exit_message,
+                                     child.exception, ham is not None,
+                                     ham.base.attributes.get("scf_converged", None) if ham is not None else None)
+        return (ham if ok else None), reason
 
     def _child_key(self, child) -> str:
         """The MP id (or uuid) of a child's structure: :meth:`_submit` makes it the child's label."""
@@ -345,17 +344,31 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
             self._awaitables = awaitables
 
     def finalize(self):
+        # two queries for all children (a 12k-structure run has 12k): the work chains, and their 'hamiltonian'
+        # (an outer join cannot be used: the filter on the link label would drop the children without one)
+        def children_query():
+            return orm.QueryBuilder().append(orm.WorkChainNode, filters={"id": self.node.pk}, tag="db").append(
+                orm.WorkflowNode, with_incoming="db", tag="child")
+
+        qb = children_query()
+        qb.add_projection("child", ["id", "uuid", "label", "attributes.process_state", "attributes.exit_status",
+                                    "attributes.exit_message", "attributes.exception"])
+        hams = children_query()
+        hams.add_projection("child", "id")
+        hams.append(orm.Data, with_incoming="child", edge_filters={"label": "hamiltonian"},
+                    project=["uuid", "attributes.scf_converged"])
+        ham_of = {pk: (uuid, None if conv is None else bool(conv))    # SQLite's JSON gives 1/0 for booleans
+                  for pk, uuid, conv in hams.all()}
         done, failed = [], []
-        for child in sorted(self.node.called, key=lambda n: n.pk):
-            if not isinstance(child, orm.WorkflowNode):
-                continue
-            key = self._child_key(child)
-            ham, reason = self._classify(child)
-            if ham is not None:
-                done.append({"mp_id": key, "hamiltonian": ham.uuid, "workchain": child.uuid})
+        for pk, uuid, label, state, status, message, exception in sorted(qb.all()):
+            ham_uuid, converged = ham_of.get(pk, (None, None))
+            ok, reason = _classification(state == "finished" and status == 0, state == "excepted", status, message,
+                                         exception, ham_uuid is not None, converged)
+            key = label or uuid
+            if ok:
+                done.append({"mp_id": key, "hamiltonian": ham_uuid, "workchain": uuid})
             else:
-                failed.append({"mp_id": key, "reason": reason, "exit_status": child.exit_status,
-                               "workchain": child.uuid})
+                failed.append({"mp_id": key, "reason": reason, "exit_status": status, "workchain": uuid})
         extras = self.node.base.extras
         skipped, rejected = extras.get(SKIPPED_EXTRA, []), extras.get(REJECTED_EXTRA, [])
         summary = {
@@ -368,6 +381,19 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
         self.out("summary", orm.Dict(summary).store())
         self.report(f"done {len(done)}, skipped {len(skipped)}, failed {len(failed)}, "
                     f"rejected {len(rejected)}; group {self.ctx.group.label} holds {self.ctx.group.count()} nodes")
+
+
+def _classification(finished_ok, excepted, exit_status, exit_message, exception, has_hamiltonian, scf_converged):
+    """(goes into the dataset, failure reason or None) of a terminated OpenmxBaseWorkChain (quality gate:
+    finished with 0, a Hamiltonian, and that Hamiltonian's SCF converged)."""
+    if finished_ok and has_hamiltonian and scf_converged is True:
+        return True, None
+    if excepted:
+        lines = (exception or "").strip().splitlines()
+        return False, ("excepted: " + lines[-1]) if lines else "excepted"
+    if finished_ok:
+        return False, "finished without a converged Hamiltonian"
+    return False, exit_message or f"exit status {exit_status}"
 
 
 def _get_path(builder, path):
