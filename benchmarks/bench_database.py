@@ -87,7 +87,12 @@ def main():
     parser.add_argument("--timeline", action="store_true", help="print where the time of each child went")
     parser.add_argument("--login-shell", action="store_true", help="use a login shell for transport commands (verdi presto's default)")
     parser.add_argument("--max-concurrent", type=int, default=8)
+    parser.add_argument("--time-scale", type=float, default=0.0, metavar="F",
+                        help="replays wait F x the recorded OpenMX wall time (unequal run times, as in production); "
+                             "then the wall time is compared with the sum of the waits over max-concurrent slots")
     args = parser.parse_args()
+    if args.time_scale > 0:
+        os.environ["AIIDA_DEEPH_REPLAY_TIME_SCALE"] = str(args.time_scale)
     tmp = Path(tempfile.mkdtemp(prefix="bench-db-"))
     os.environ["AIIDA_PATH"] = str(tmp)
     # the daemon is started with `verdi` and itself looks for it on PATH: use this interpreter's
@@ -116,13 +121,16 @@ def main():
         s.base.extras.set("mp_id", meta["material_id"])
         structures.append((s.store(), run))
 
-    # replay time alone: the stand-in run directly on each recorded input
+    # replay time alone: the stand-in run directly on each recorded input (without the waits of --time-scale)
+    os.environ.pop("AIIDA_DEEPH_REPLAY_TIME_SCALE", None)
     t0 = time.perf_counter()
     for _, run in structures:
         work = Path(tempfile.mkdtemp(dir=tmp))
         (work / "aiida.dat").write_text((run / "openmx.dat").read_text())
         subprocess.run([str(exe), "aiida.dat"], cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     replay_per = (time.perf_counter() - t0) / len(structures)
+    if args.time_scale > 0:
+        os.environ["AIIDA_DEEPH_REPLAY_TIME_SCALE"] = str(args.time_scale)
 
     print(f"replay stand-in alone: {replay_per:.3f} s per structure")
     if args.daemon:
@@ -155,6 +163,11 @@ def main():
         cpu = (cpu_seconds(bool(args.daemon)) - cpu0) / n
         done = results["summary"]["num_done"]
         print(f"{n:4d} {wall:8.1f} {wall / n:14.2f} {(wall - replay_per * n) / n:19.2f} {cpu:21.2f} {done:5d}")
+        if args.time_scale > 0:
+            waits = [args.time_scale * json.loads((r / "meta.json").read_text())["wall_s"] for _, r in structures[:n]]
+            bound = max(sum(waits) / args.max_concurrent, max(waits))
+            print(f"     waits: {sum(waits):.1f} s in all, longest {max(waits):.1f} s; no-overhead lower bound of the "
+                  f"wall time with {args.max_concurrent} slots {bound:.1f} s (wall / bound {wall / bound:.2f})")
         if args.timeline:
             timeline(node)
     if args.daemon:

@@ -1,13 +1,14 @@
 """Build (or resume) a Hamiltonian database with aiida-deeph's DatabaseWorkChain.
 
     verdi run examples/build_database.py --code LABEL --source snapshot|mp [--snapshot PATH]
-        [--ids mp-22862,mp-2534] [--limit N] --group NAME [--protocol P] [--max-concurrent N]
+        [--ids mp-22862,mp-2534] [--limit N] --group NAME [--protocol P] [--max-concurrent N] [--submit]
 
 --source snapshot: the offline snapshot (default: the small one shipped in the package; --snapshot PATH
 for another, e.g. ../shared/mp/mp_light_elements_snapshot.json.gz). --source mp: the Materials Project
 API (needs $MP_API_KEY). --limit N takes the N candidates with the fewest atoms after primitive reduction
 (ties by MP id); --ids picks structures by MP id. Re-running the same command resumes: structures already
-in the group are skipped. At the end the summary and the dataset statistics are printed.
+in the group are skipped. At the end the summary and the dataset statistics are printed. --submit hands
+the work chain to the daemon instead (`verdi daemon start`; a profile with a broker) and returns at once.
 """
 import argparse
 import sys
@@ -27,9 +28,12 @@ def main(argv):
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--group", required=True, help="label of the dataset group")
     parser.add_argument("--protocol", default="moderate", help="fast, moderate (default) or precise")
-    parser.add_argument("--max-concurrent", type=int, default=4)
+    parser.add_argument("--max-concurrent", type=int, default=4,
+                        help="at most N OpenMX runs at a time; the next starts as soon as one ends (default 4)")
     parser.add_argument("--max-sites", type=int, default=150)
     parser.add_argument("--keep-cell", action="store_true", help="do not reduce to the primitive cell")
+    parser.add_argument("--submit", action="store_true",
+                        help="submit to the daemon and return (follow it with verdi process list / report)")
     args = parser.parse_args(argv)
 
     code = orm.load_code(args.code)
@@ -47,6 +51,13 @@ def main(argv):
         inputs["ids"] = orm.List([i.strip() for i in args.ids.split(",") if i.strip()])
     if args.limit is not None:
         inputs["limit"] = orm.Int(args.limit)
+    if args.submit:
+        from aiida.engine import submit
+
+        node = submit(DatabaseWorkChain, **inputs)
+        print(f"submitted DatabaseWorkChain<{node.pk}>: follow it with `verdi process report {node.pk}`; when it "
+              f"has finished, `verdi data deeph stats {args.group}`")
+        return 0
     results, node = run_get_node(DatabaseWorkChain, **inputs)
     if "summary" not in results:
         print(f"DatabaseWorkChain<{node.pk}> failed: [{node.exit_status}] {node.exit_message}")

@@ -112,24 +112,29 @@ def test_database_failure_is_reported_not_added(openmx_code, monkeypatch):
     bad = orm.StructureData(pymatgen=Structure(Lattice.cubic(5.9), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]))
     bad.base.extras.set("mp_id", "test-unrecorded")
     bad.store()
+    # an element without a basis in the table: its OpenmxBaseWorkChain cannot even be created
+    iron = orm.StructureData(pymatgen=Structure(Lattice.cubic(2.87), ["Fe", "Fe"], [[0, 0, 0], [0.5, 0.5, 0.5]]))
+    iron.base.extras.set("mp_id", "test-iron")
+    iron.store()
     sgroup = orm.Group(label="test-structures-mixed").store()
-    sgroup.add_nodes([good, bad])
+    sgroup.add_nodes([good, bad, iron])
     inputs = {"code": openmx_code, "source": orm.Str("group"), "structure_group": orm.Str(sgroup.label),
               "group_label": orm.Str("test-db-mixed"), "overrides": orm.Dict({"max_iterations": 1})}
     results, node = run_get_node(DatabaseWorkChain, **inputs)
     assert node.is_finished_ok  # one failed structure never fails the database
     summary = results["summary"].get_dict()
-    assert summary["num_done"] == 1 and summary["num_failed"] == 1
-    assert summary["failed"][0]["mp_id"] == "test-unrecorded" and summary["failed"][0]["reason"]
+    assert summary["num_done"] == 1 and summary["num_failed"] == 2
+    failed = {f["mp_id"]: f["reason"] for f in summary["failed"]}
+    assert failed["test-unrecorded"] and "Fe" in failed["test-iron"] and "basis" in failed["test-iron"], failed
     group = orm.load_group("test-db-mixed")
     assert [n.base.attributes.get("mp_id") for n in group.nodes] == ["mp-22862"]
     # the reason recorded as the run ended (group extra) is the one the summary gives
-    assert group.base.extras.get(GROUP_FAILED_EXTRA)["test-unrecorded"] == summary["failed"][0]["reason"]
+    assert {k: group.base.extras.get(GROUP_FAILED_EXTRA)[k] for k in failed} == failed
     assert list(first_caller.values()) == ["_on_awaitable_finished"] * 2, first_caller
     # rerun: the failed structure is not recomputed unless asked
     before = _count_calcs()
     results2, _ = run_get_node(DatabaseWorkChain, **inputs)
-    assert _count_calcs() == before and results2["summary"]["num_skipped"] == 2
+    assert _count_calcs() == before and results2["summary"]["num_skipped"] == 3
 
 
 # ------------------------------------------------------------------------------------ sanity check

@@ -13,7 +13,8 @@ the work chain node's extras, and the summary is assembled from the graph at the
 from __future__ import annotations
 
 from aiida import orm
-from aiida.engine import ToContext, WorkChain, calcfunction, while_
+from aiida.engine import WorkChain, calcfunction, while_
+from aiida.engine.processes.workchains.awaitable import Awaitable, AwaitableAction, AwaitableTarget
 from plumpy import ProcessState
 from aiida.plugins import WorkflowFactory
 
@@ -24,6 +25,8 @@ GROUP_FAILED_EXTRA = "deeph_failed"
 QUEUE_EXTRA = "deeph_queue"          # on the DatabaseWorkChain node: pks of the StructureData to compute, in order
 SKIPPED_EXTRA = "deeph_skipped"
 REJECTED_EXTRA = "deeph_rejected"
+TERMINAL_STATES = ("finished", "excepted", "killed")
+NOT_LAUNCHED_EXTRA = "deeph_not_launched"   # structures whose OpenmxBaseWorkChain could not be created
 # inputs that are the same for every structure of a run: one stored node shared by all OpenmxBaseWorkChains
 SHARED_INPUTS = (("openmx", "parameters"), ("openmx", "basis"), ("max_iterations",), ("clean_workdir",))
 
@@ -208,21 +211,31 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
         A child's end is handled in :meth:`_on_awaitable_finished`: it is recorded at once and, while
         structures are waiting, this step runs again to start the next one.
         """
-        for pk in list(self.ctx.running):   # children that ended while this work chain was not waiting
-            child = orm.load_node(pk)
-            if child.is_terminated:
-                self._record_child(child)
+        if self.ctx.running:   # children that ended with no callback seen (a safety net: one query)
+            states = orm.QueryBuilder().append(orm.ProcessNode, filters={"id": {"in": list(self.ctx.running)}},
+                                               project=["id", "attributes.process_state"]).all()
+            for pk, state in states:
+                if state in TERMINAL_STATES:
+                    self._record_child(orm.load_node(pk))
         room = self.inputs.max_concurrent.value - len(self.ctx.running)
         if room > 0 and self.ctx.next < self.ctx.num_queued:
             queue = self.node.base.extras.get(QUEUE_EXTRA)
             for pk in queue[self.ctx.next: self.ctx.next + room]:
                 self.ctx.next += 1
-                self.ctx.running.append(self._submit(pk).pk)
+                try:
+                    self.ctx.running.append(self._submit(pk).pk)
+                except Exception as exc:  # noqa: BLE001 - one structure never fails the database
+                    self._record_launch_failure(pk, exc)
         for key in [k for k in self.ctx if k.startswith("child_")]:   # resolved or superseded placeholders
             del self.ctx[key]
+        # await every running child (what ``ToContext`` does, with one status update instead of one per child)
+        for pk in self.ctx.running:
+            awaitable = Awaitable(pk=pk, action=AwaitableAction.ASSIGN, target=AwaitableTarget.PROCESS,
+                                  outputs=False, key=f"child_{pk}")
+            self.ctx[awaitable.key] = awaitable
+            self._awaitables.append(awaitable)
         if self.ctx.running:
-            return ToContext(**{f"child_{pk}": orm.load_node(pk) for pk in self.ctx.running})
-        return None
+            self._update_process_status()
 
     def _submit(self, pk: int):
         """Submit the OpenmxBaseWorkChain of StructureData ``pk`` (inputs equal for all children are shared)."""
@@ -246,6 +259,22 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
                 if value is not None and value.is_stored:
                     self.ctx.shared[name] = value.pk
         return node
+
+    def _record_launch_failure(self, pk: int, exc: Exception) -> None:
+        """A structure whose OpenmxBaseWorkChain could not even be created (invalid inputs, e.g. an element
+        without a basis): reported like a failed run, in the group's failure record and the summary."""
+        structure = orm.load_node(pk)
+        key = self._key(structure)
+        reason = "could not launch: " + (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        not_launched = list(self.node.base.extras.get(NOT_LAUNCHED_EXTRA, []))
+        not_launched.append({"mp_id": key, "reason": reason, "exit_status": None, "workchain": None})
+        self.node.base.extras.set(NOT_LAUNCHED_EXTRA, not_launched)
+        group = self.ctx.group
+        failed_record = dict(group.base.extras.get(GROUP_FAILED_EXTRA, {}))
+        failed_record[key] = reason
+        group.base.extras.set(GROUP_FAILED_EXTRA, failed_record)
+        self.ctx.num_failed += 1
+        self.report(f"{key}: {reason}; not added to the dataset")
 
     def _share_input(self, builder, path) -> None:
         """Replace the builder's input at ``path`` by the stored node of an earlier child when they are equal."""
@@ -370,6 +399,7 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
             else:
                 failed.append({"mp_id": key, "reason": reason, "exit_status": status, "workchain": uuid})
         extras = self.node.base.extras
+        failed.extend(extras.get(NOT_LAUNCHED_EXTRA, []))
         skipped, rejected = extras.get(SKIPPED_EXTRA, []), extras.get(REJECTED_EXTRA, [])
         summary = {
             "group": self.ctx.group.label,
