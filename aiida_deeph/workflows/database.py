@@ -15,8 +15,8 @@ from __future__ import annotations
 from aiida import orm
 from aiida.engine import WorkChain, calcfunction, while_
 from aiida.engine.processes.workchains.awaitable import Awaitable, AwaitableAction, AwaitableTarget
-from plumpy import ProcessState
 from aiida.plugins import WorkflowFactory
+from plumpy import ProcessState
 
 from aiida_deeph.engine import AttachedOutputsMixin
 
@@ -209,7 +209,9 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
         """Fill the window of running OpenmxBaseWorkChains, then wait until one of them ends.
 
         A child's end is handled in :meth:`_on_awaitable_finished`: it is recorded at once and, while
-        structures are waiting, this step runs again to start the next one.
+        structures are waiting, this step runs again to start the next one. The engine-level parts (which
+        use aiida-core 2.9's WorkChain internals ``_awaitables``, ``_action_awaitables``,
+        ``_on_awaitable_finished``) are tested through ``run()``, a daemon and a daemon restart.
         """
         if self.ctx.running:   # children that ended with no callback seen (a safety net: one query)
             states = orm.QueryBuilder().append(orm.ProcessNode, filters={"id": {"in": list(self.ctx.running)}},
