@@ -211,3 +211,27 @@ def test_database_window_refills_as_each_run_ends(openmx_code, monkeypatch):
     starts = sorted(c.ctime for c in children.values())
     running_at = [sum(1 for c in children.values() if c.ctime <= t < c.mtime) for t in starts]
     assert max(running_at) <= 2, running_at    # never more than max_concurrent at once
+
+
+def test_outputs_are_attached_with_few_link_queries(openmx_code, monkeypatch):
+    """AttachedOutputsMixin: aiida-core's update_outputs (one link query each) runs only when an output is new."""
+    from aiida.engine.processes.process import Process
+
+    calls = []
+    original = Process.update_outputs
+
+    def counting(self):
+        calls.append(type(self).__name__)
+        return original(self)
+
+    monkeypatch.setattr(Process, "update_outputs", counting)
+    builder = OpenmxBaseWorkChain.get_builder_from_protocol(openmx_code, corpus_structure("mp-22862"))
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok
+    calc = node.called[0]
+    # every output is linked: those of the calculation and those the work chain exposes
+    assert {"hamiltonian", "output_parameters", "remote_folder", "retrieved"} <= set(calc.outputs)
+    assert {"hamiltonian", "output_parameters", "remote_folder", "retrieved"} <= set(node.outputs)
+    assert node.outputs.hamiltonian.uuid == calc.outputs.hamiltonian.uuid
+    # the calculation adds outputs at upload, retrieve and parse; the work chain once, in its results step
+    assert calls.count("OpenmxCalculation") <= 4 and calls.count("OpenmxBaseWorkChain") <= 2, calls
