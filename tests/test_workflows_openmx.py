@@ -125,7 +125,10 @@ def test_database_failure_is_reported_not_added(openmx_code, monkeypatch):
     summary = results["summary"].get_dict()
     assert summary["num_done"] == 1 and summary["num_failed"] == 2
     failed = {f["mp_id"]: f["reason"] for f in summary["failed"]}
-    assert failed["test-unrecorded"] and "Fe" in failed["test-iron"] and "basis" in failed["test-iron"], failed
+    assert "Fe" in failed["test-iron"] and "basis" in failed["test-iron"], failed
+    # out of iterations: the reason says what the last calculation said (here the stand-in's stderr)
+    assert "maximum number of iterations" in failed["test-unrecorded"], failed
+    assert "[340]" in failed["test-unrecorded"] and "no recorded OpenMX run" in failed["test-unrecorded"], failed
     group = orm.load_group("test-db-mixed")
     assert [n.base.attributes.get("mp_id") for n in group.nodes] == ["mp-22862"]
     # the reason recorded as the run ended (group extra) is the one the summary gives
@@ -235,3 +238,13 @@ def test_outputs_are_attached_with_few_link_queries(openmx_code, monkeypatch):
     assert node.outputs.hamiltonian.uuid == calc.outputs.hamiltonian.uuid
     # the calculation adds outputs at upload, retrieve and parse; the work chain once, in its results step
     assert calls.count("OpenmxCalculation") <= 4 and calls.count("OpenmxBaseWorkChain") <= 2, calls
+
+
+def test_crash_twice_is_unrecoverable_with_the_reason(openmx_code):
+    """A run killed mid-way (recorded: SIGKILL 12 s in) is resubmitted once; stopping early again ends the chain
+    with a message that carries OpenMX's and the job's stderr's last words."""
+    _, node = run_get_node(_base_from_calc_builder(si_failure_builder(openmx_code, 100), max_iterations=4))
+    calcs = sorted(node.called, key=lambda n: n.ctime)
+    assert [c.exit_status for c in calcs] == [OpenmxCalculation.exit_codes.ERROR_NOT_NORMALLY_FINISHED.status] * 2
+    assert node.exit_status == OpenmxBaseWorkChain.exit_codes.ERROR_UNRECOVERABLE_FAILURE.status
+    assert "twice in a row" in node.exit_message and "stderr: REPLAY" in node.exit_message, node.exit_message

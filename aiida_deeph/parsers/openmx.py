@@ -88,7 +88,23 @@ class OpenmxParser(Parser):
         detail = f"stdout stops at SCF step {diag['last_scf_step']}" if diag.get("last_scf_step") else "stdout incomplete"
         if diag["errors"]:
             detail += f"; {diag['errors'][-1]}"
+        last = self._last_stderr_line()
+        if last:
+            detail += f"; stderr: {last}"
         return self.exit_codes.ERROR_NOT_NORMALLY_FINISHED.format(detail=detail)
+
+    def _last_stderr_line(self, limit: int = 300) -> str:
+        """The last non-empty line of the job's stderr (mpirun, the MPI library or the OS say why a run
+        died there, not on stdout), or ''."""
+        try:
+            name = self.node.get_option("scheduler_stderr")
+            if not name or name not in self.retrieved.base.repository.list_object_names():
+                return ""
+            text = self.retrieved.base.repository.get_object_content(name, mode="r")
+        except Exception:  # noqa: BLE001 - a missing stderr only means less detail
+            return ""
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return lines[-1][:limit] if lines else ""
 
     def _bands(self, text):
         from aiida_deeph.io.openmx_band import read_band

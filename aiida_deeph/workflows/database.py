@@ -15,10 +15,10 @@ from __future__ import annotations
 from aiida import orm
 from aiida.engine import WorkChain, calcfunction, while_
 from aiida.engine.processes.workchains.awaitable import Awaitable, AwaitableAction, AwaitableTarget
-from aiida.plugins import WorkflowFactory
 from plumpy import ProcessState
 
 from aiida_deeph.engine import AttachedOutputsMixin
+from aiida_deeph.workflows.openmx_base import OpenmxBaseWorkChain
 
 GROUP_WORKCHAINS_EXTRA = "deeph_database_workchains"
 GROUP_FAILED_EXTRA = "deeph_failed"
@@ -241,9 +241,8 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
 
     def _submit(self, pk: int):
         """Submit the OpenmxBaseWorkChain of StructureData ``pk`` (inputs equal for all children are shared)."""
-        base = WorkflowFactory("deeph.openmx.base")
         structure = orm.load_node(pk)
-        builder = base.get_builder_from_protocol(
+        builder = OpenmxBaseWorkChain.get_builder_from_protocol(
             self.inputs.code, structure, self.inputs.protocol.value,
             overrides=self.inputs.overrides.get_dict() if "overrides" in self.inputs else {})
         options = self.inputs.options.get_dict() if "options" in self.inputs else {}
@@ -291,12 +290,20 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
             _set_path(builder, path, orm.load_node(pk))
 
     def _classify(self, child):
-        """(HamiltonianData or None, failure reason or None) of a terminated OpenmxBaseWorkChain."""
+        """(HamiltonianData or None, failure reason or None) of a terminated OpenmxBaseWorkChain.
+
+        When the work chain's own message is generic (out of iterations), the reason also gives what its
+        last OpenmxCalculation said (SCF not converged, crashed, ...)."""
         ham = child.base.links.get_outgoing(link_label_filter="hamiltonian").first()
         ham = ham.node if ham is not None else None
         ok, reason = _classification(child.is_finished_ok, child.is_excepted, child.exit_status, child.exit_message,
                                      child.exception, ham is not None,
                                      ham.base.attributes.get("scf_converged", None) if ham is not None else None)
+        if not ok and child.exit_status == OpenmxBaseWorkChain.exit_codes.ERROR_MAXIMUM_ITERATIONS_EXCEEDED.status:
+            calcs = sorted((c for c in child.called if isinstance(c, orm.CalcJobNode)), key=lambda c: c.ctime)
+            if calcs:
+                last = calcs[-1]
+                reason += f" Last run {last.process_label}<{last.pk}>: [{last.exit_status}] {last.exit_message}"
         return (ham if ok else None), reason
 
     def _child_key(self, child) -> str:
@@ -398,8 +405,9 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
             key = label or uuid
             if ok:
                 done.append({"mp_id": key, "hamiltonian": ham_uuid, "workchain": uuid})
-            else:
-                failed.append({"mp_id": key, "reason": reason, "exit_status": status, "workchain": uuid})
+            else:   # failures are few: the full reason, as recorded when the run ended
+                failed.append({"mp_id": key, "reason": self._classify(orm.load_node(pk))[1], "exit_status": status,
+                               "workchain": uuid})
         extras = self.node.base.extras
         failed.extend(extras.get(NOT_LAUNCHED_EXTRA, []))
         skipped, rejected = extras.get(SKIPPED_EXTRA, []), extras.get(REJECTED_EXTRA, [])

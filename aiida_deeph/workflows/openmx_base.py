@@ -57,7 +57,8 @@ class OpenmxBaseWorkChain(AttachedOutputsMixin, BaseRestartWorkChain):
     - eigensolver abort (ELPA1 'DSTEQR failed', common with 2+ MPI ranks): switch to ``scf.eigen.lib elpa2``;
     - SCF not converged: halve the mixing weights, double ``scf.maxIter`` (up to ``max_scf_iterations``)
       and restart from the previous density (``scf.restart on`` + the previous run's ``aiida_rst``);
-    - stopped before the end (killed, walltime): resubmit, doubling the walltime if one was set;
+    - stopped before the end (killed, walltime): resubmit, doubling the walltime if one was set; a run
+      that stops before the end with no walltime verdict twice in a row is unrecoverable;
     - sanity check of finished runs: H and S present, finite, atom count equal to the structure's.
     """
 
@@ -148,6 +149,17 @@ class OpenmxBaseWorkChain(AttachedOutputsMixin, BaseRestartWorkChain):
                                                OpenmxCalculation.exit_codes.ERROR_OUT_OF_WALLTIME,
                                                OpenmxCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME])
     def handle_not_finished(self, calculation):
+        not_normally = OpenmxCalculation.exit_codes.ERROR_NOT_NORMALLY_FINISHED.status
+        if calculation.exit_status == not_normally:
+            # killed or crashed with no walltime verdict: once may be a node or a transient fault; twice in a
+            # row is the input or the installation, and more runs would only repeat it
+            self.ctx.crashes = self.ctx.get("crashes", 0) + 1
+            if self.ctx.crashes >= 2:
+                message = f"OpenMX stopped before the end twice in a row; last: {calculation.exit_message}"
+                self.report(f"{calculation.process_label}<{calculation.pk}>: {message}")
+                return ProcessHandlerReport(True, self.exit_codes.ERROR_UNRECOVERABLE_FAILURE.format(message=message))
+        else:
+            self.ctx.crashes = 0
         options = self.ctx.inputs.metadata.get("options", {})
         wall = options.get("max_wallclock_seconds")
         if wall:
