@@ -36,7 +36,7 @@ def cpu_seconds(daemon: bool = False) -> float:
     return total
 
 
-def make_profile(tmp: Path, broker: bool = False):
+def make_profile(tmp: Path, broker: bool = False, name: str = "bench-db"):
     from aiida import load_profile
     from aiida.manage.configuration import create_profile, get_config
 
@@ -46,7 +46,7 @@ def make_profile(tmp: Path, broker: bool = False):
         from aiida.plugins import BrokerFactory
 
         kw = {"broker_backend": "core.zeromq", "broker_config": BrokerFactory("core.zeromq").get_default_config()}
-    profile = create_profile(config, name="bench-db", email="bench@localhost", storage_backend="core.sqlite_dos",
+    profile = create_profile(config, name=name, email="bench@localhost", storage_backend="core.sqlite_dos",
                              storage_config={"filepath": str(tmp / "storage")}, **kw)
     config.set_option("runner.poll.interval", 1, scope=profile.name)
     config.set_default_profile(profile.name, overwrite=True)
@@ -91,8 +91,6 @@ def main():
                         help="replays wait F x the recorded OpenMX wall time (unequal run times, as in production); "
                              "then the wall time is compared with the sum of the waits over max-concurrent slots")
     args = parser.parse_args()
-    if args.time_scale > 0:
-        os.environ["AIIDA_DEEPH_REPLAY_TIME_SCALE"] = str(args.time_scale)
     tmp = Path(tempfile.mkdtemp(prefix="bench-db-"))
     os.environ["AIIDA_PATH"] = str(tmp)
     # the daemon is started with `verdi` and itself looks for it on PATH: use this interpreter's
@@ -121,8 +119,7 @@ def main():
         s.base.extras.set("mp_id", meta["material_id"])
         structures.append((s.store(), run))
 
-    # replay time alone: the stand-in run directly on each recorded input (without the waits of --time-scale)
-    os.environ.pop("AIIDA_DEEPH_REPLAY_TIME_SCALE", None)
+    # replay time alone: the stand-in run directly on each recorded input (before the waits of --time-scale)
     t0 = time.perf_counter()
     for _, run in structures:
         work = Path(tempfile.mkdtemp(dir=tmp))

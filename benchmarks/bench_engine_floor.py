@@ -11,16 +11,12 @@ floor that the database overhead per structure can be compared with.
 """
 import argparse
 import os
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from bench_database import cpu_seconds, make_profile   # same profile settings and CPU measure
 
 
 def main():
@@ -31,16 +27,7 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="bench-floor-"))
     os.environ["AIIDA_PATH"] = str(tmp)
 
-    from aiida import load_profile
-    from aiida.manage.configuration import create_profile, get_config
-
-    config = get_config(create=True)
-    profile = create_profile(config, name="bench-floor", email="bench@localhost", storage_backend="core.sqlite_dos",
-                             storage_config={"filepath": str(tmp / "storage")})
-    config.set_option("runner.poll.interval", 1, scope=profile.name)
-    config.set_default_profile(profile.name, overwrite=True)
-    config.store()
-    load_profile(profile.name, allow_switch=True)
+    make_profile(tmp, name="bench-floor")
 
     from aiida import orm
     from aiida.calculations.arithmetic.add import ArithmeticAddCalculation

@@ -185,7 +185,7 @@ def test_sanity_check_reads_attributes_and_falls_back_to_arrays(aiida_profile):
 def test_sanity_check_fails_the_base_workchain(openmx_code, monkeypatch):
     import aiida_deeph.data.hamiltonian as hd
 
-    monkeypatch.setattr(hd, "_min_onsite_overlap_diagonal", lambda packed: 0.1)
+    monkeypatch.setattr(hd, "array_checks", lambda packed: {"all_finite": True, "min_onsite_overlap_diagonal": 0.1})
     builder = OpenmxBaseWorkChain.get_builder_from_protocol(openmx_code, corpus_structure("mp-22862"))
     _, node = run_get_node(builder)
     assert node.exit_status == OpenmxBaseWorkChain.exit_codes.ERROR_SANITY_CHECK_FAILED.status
@@ -208,9 +208,11 @@ def test_database_window_refills_as_each_run_ends(openmx_code, monkeypatch):
     children = {c.label: c for c in node.called}
     assert sorted(children) == sorted(ids)
     slow = children["mp-10044"]
-    # the third and fourth structures started while the slow first one was still running
-    for late in ("mp-684609", "mp-79"):
-        assert children[late].ctime < slow.mtime, (late, children[late].ctime, slow.mtime)
+    # the third structure started while the slow first one was still running (batches of 2 would have
+    # waited for it). Only that one is checked: whether the fourth also fits in the slow run's 6.6 s
+    # depends on how loaded the machine is (three short runs plus the engine's overhead take 6-8 s).
+    late = children["mp-684609"]
+    assert late.ctime < slow.mtime, (late.ctime, slow.mtime)
     starts = sorted(c.ctime for c in children.values())
     running_at = [sum(1 for c in children.values() if c.ctime <= t < c.mtime) for t in starts]
     assert max(running_at) <= 2, running_at    # never more than max_concurrent at once

@@ -83,9 +83,7 @@ class HamiltonianData(Data):
             "symbols": list(species),
             "energy_unit": "eV",
             "orbital_order": "openmx",
-            "all_finite": all(bool(np.isfinite(a).all()) for a in (packed.hamiltonian, packed.overlap,
-                                                                    packed.density_matrix) if a is not None),
-            "min_onsite_overlap_diagonal": _min_onsite_overlap_diagonal(packed),
+            **array_checks(packed),
         }
         for key, value in attrs.items():
             self.base.attributes.set(key, value)
@@ -144,15 +142,19 @@ class HamiltonianData(Data):
         return self.base.attributes.get("source")
 
 
-def _min_onsite_overlap_diagonal(packed: PackedHamiltonian):
-    """Smallest diagonal entry of the on-site (R = 0, i = j) overlap blocks, or None without S."""
-    if packed.overlap is None:
-        return None
-    pairs = packed.atom_pairs
-    onsite = np.flatnonzero((pairs[:, 3] == pairs[:, 4]) & ~pairs[:, :3].any(axis=1))
-    if onsite.size == 0:
-        return None
-    return float(min(np.diag(packed.block(int(p), "overlap")).min() for p in onsite))
+def array_checks(packed: PackedHamiltonian) -> dict:
+    """``all_finite`` (no NaN/Inf in the arrays present) and ``min_onsite_overlap_diagonal`` (smallest
+    diagonal entry of the on-site (R = 0, i = j) overlap blocks; None without S)."""
+    arrays = (packed.hamiltonian, packed.overlap, packed.density_matrix)
+    checks = {"all_finite": all(bool(np.isfinite(a).all()) for a in arrays if a is not None),
+              "min_onsite_overlap_diagonal": None}
+    if packed.overlap is not None:
+        pairs = packed.atom_pairs
+        onsite = np.flatnonzero((pairs[:, 3] == pairs[:, 4]) & ~pairs[:, :3].any(axis=1))
+        if onsite.size:
+            checks["min_onsite_overlap_diagonal"] = float(
+                min(np.diag(packed.block(int(p), "overlap")).min() for p in onsite))
+    return checks
 
 
 def all_element_pairs(elements) -> list:

@@ -127,8 +127,6 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
         self.ctx.num_queued = 0      # structures in the queue (node extra QUEUE_EXTRA)
         self.ctx.next = 0            # index of the next structure to launch
         self.ctx.running = []        # pks of the OpenmxBaseWorkChains running now (at most max_concurrent)
-        self.ctx.num_done = 0
-        self.ctx.num_failed = 0
         self.ctx.shared = {}         # SHARED_INPUTS path -> pk of the stored node every child uses
 
     def _key(self, structure) -> str:
@@ -274,7 +272,6 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
         failed_record = dict(group.base.extras.get(GROUP_FAILED_EXTRA, {}))
         failed_record[key] = reason
         group.base.extras.set(GROUP_FAILED_EXTRA, failed_record)
-        self.ctx.num_failed += 1
         self.report(f"{key}: {reason}; not added to the dataset")
 
     def _share_input(self, builder, path) -> None:
@@ -296,15 +293,17 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
         last OpenmxCalculation said (SCF not converged, crashed, ...)."""
         ham = child.base.links.get_outgoing(link_label_filter="hamiltonian").first()
         ham = ham.node if ham is not None else None
-        ok, reason = _classification(child.is_finished_ok, child.is_excepted, child.exit_status, child.exit_message,
-                                     child.exception, ham is not None,
-                                     ham.base.attributes.get("scf_converged", None) if ham is not None else None)
-        if not ok and child.exit_status == OpenmxBaseWorkChain.exit_codes.ERROR_MAXIMUM_ITERATIONS_EXCEEDED.status:
+        if _goes_into_dataset(child.is_finished_ok, ham is not None,
+                              ham.base.attributes.get("scf_converged", None) if ham is not None else None):
+            return ham, None
+        reason = _failure_reason(child.is_finished_ok, child.is_excepted, child.exit_status, child.exit_message,
+                                 child.exception)
+        if child.exit_status == OpenmxBaseWorkChain.exit_codes.ERROR_MAXIMUM_ITERATIONS_EXCEEDED.status:
             calcs = sorted((c for c in child.called if isinstance(c, orm.CalcJobNode)), key=lambda c: c.ctime)
             if calcs:
                 last = calcs[-1]
                 reason += f" Last run {last.process_label}<{last.pk}>: [{last.exit_status}] {last.exit_message}"
-        return (ham if ok else None), reason
+        return None, reason
 
     def _child_key(self, child) -> str:
         """The MP id (or uuid) of a child's structure: :meth:`_submit` makes it the child's label."""
@@ -328,13 +327,11 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
         ham, reason = self._classify(child)
         if ham is not None:
             group.add_nodes(ham)
-            self.ctx.num_done += 1
             failed_record = group.base.extras.get(GROUP_FAILED_EXTRA, {})
             if key in failed_record:
                 failed_record.pop(key)
                 group.base.extras.set(GROUP_FAILED_EXTRA, failed_record)
         else:
-            self.ctx.num_failed += 1
             failed_record = dict(group.base.extras.get(GROUP_FAILED_EXTRA, {}))
             failed_record[key] = reason
             group.base.extras.set(GROUP_FAILED_EXTRA, failed_record)
@@ -352,7 +349,7 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
         """
         pk = awaitable.pk
         self._awaitables[:] = [a for a in self._awaitables if a.pk != pk]
-        self.__dict__.setdefault("_deeph_watched", set()).discard(pk)
+        self._watched.discard(pk)
         self.logger.info("received callback that awaitable %d has terminated", pk)
         try:
             child = orm.load_node(pk)
@@ -360,7 +357,6 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
                 self._record_child(child)
         except Exception as exc:  # noqa: BLE001 - launch() records it at its next run anyway
             self.logger.warning(f"could not record child {pk} as it ended: {exc}")
-        self.ctx.pop(f"child_{pk}", None)
         if self.state != ProcessState.WAITING:
             return
         room = len(self.ctx.running) < self.inputs.max_concurrent.value and self.ctx.next < self.ctx.num_queued
@@ -370,9 +366,14 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
         if not self._awaitables and self.state == ProcessState.WAITING:
             self.resume()
 
+    @property
+    def _watched(self) -> set:
+        """pks of the children whose end-of-process callback is registered in this Python process."""
+        return self.__dict__.setdefault("_deeph_watched", set())
+
     def _action_awaitables(self) -> None:
         """Register the end-of-process callback once per child (aiida-core would do it at every wait)."""
-        watched = self.__dict__.setdefault("_deeph_watched", set())
+        watched = self._watched
         awaitables = self._awaitables
         self._awaitables = [a for a in awaitables if a.pk not in watched]
         try:
@@ -389,8 +390,7 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
                 orm.WorkflowNode, with_incoming="db", tag="child")
 
         qb = children_query()
-        qb.add_projection("child", ["id", "uuid", "label", "attributes.process_state", "attributes.exit_status",
-                                    "attributes.exit_message", "attributes.exception"])
+        qb.add_projection("child", ["id", "uuid", "label", "attributes.process_state", "attributes.exit_status"])
         hams = children_query()
         hams.add_projection("child", "id")
         hams.append(orm.Data, with_incoming="child", edge_filters={"label": "hamiltonian"},
@@ -398,12 +398,10 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
         ham_of = {pk: (uuid, None if conv is None else bool(conv))    # SQLite's JSON gives 1/0 for booleans
                   for pk, uuid, conv in hams.all()}
         done, failed = [], []
-        for pk, uuid, label, state, status, message, exception in sorted(qb.all()):
+        for pk, uuid, label, state, status in sorted(qb.all()):
             ham_uuid, converged = ham_of.get(pk, (None, None))
-            ok, reason = _classification(state == "finished" and status == 0, state == "excepted", status, message,
-                                         exception, ham_uuid is not None, converged)
             key = label or uuid
-            if ok:
+            if _goes_into_dataset(state == "finished" and status == 0, ham_uuid is not None, converged):
                 done.append({"mp_id": key, "hamiltonian": ham_uuid, "workchain": uuid})
             else:   # failures are few: the full reason, as recorded when the run ended
                 failed.append({"mp_id": key, "reason": self._classify(orm.load_node(pk))[1], "exit_status": status,
@@ -423,17 +421,20 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
                     f"rejected {len(rejected)}; group {self.ctx.group.label} holds {self.ctx.group.count()} nodes")
 
 
-def _classification(finished_ok, excepted, exit_status, exit_message, exception, has_hamiltonian, scf_converged):
-    """(goes into the dataset, failure reason or None) of a terminated OpenmxBaseWorkChain (quality gate:
-    finished with 0, a Hamiltonian, and that Hamiltonian's SCF converged)."""
-    if finished_ok and has_hamiltonian and scf_converged is True:
-        return True, None
+def _goes_into_dataset(finished_ok, has_hamiltonian, scf_converged) -> bool:
+    """The quality gate for a terminated OpenmxBaseWorkChain: finished with 0, a Hamiltonian, and that
+    Hamiltonian's SCF converged."""
+    return bool(finished_ok and has_hamiltonian and scf_converged is True)
+
+
+def _failure_reason(finished_ok, excepted, exit_status, exit_message, exception) -> str:
+    """Why a terminated OpenmxBaseWorkChain that did not pass :func:`_goes_into_dataset` is not in the group."""
     if excepted:
         lines = (exception or "").strip().splitlines()
-        return False, ("excepted: " + lines[-1]) if lines else "excepted"
+        return ("excepted: " + lines[-1]) if lines else "excepted"
     if finished_ok:
-        return False, "finished without a converged Hamiltonian"
-    return False, exit_message or f"exit status {exit_status}"
+        return "finished without a converged Hamiltonian"
+    return exit_message or f"exit status {exit_status}"
 
 
 def _get_path(builder, path):

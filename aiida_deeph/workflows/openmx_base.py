@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from aiida import orm
 from aiida.common import AttributeDict
 from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
 
-from aiida_deeph.engine import AttachedOutputsMixin
 from aiida_deeph.calculations.openmx import OpenmxCalculation, flatten_keywords, nest_keywords
+from aiida_deeph.data.hamiltonian import array_checks
+from aiida_deeph.engine import AttachedOutputsMixin
 
 
 def _get(params: dict, key: str, default=None):
@@ -33,15 +33,10 @@ def _array_problems(ham) -> list:
     Read from the attributes that ``HamiltonianData`` records when it is created; nodes made before
     those attributes existed are checked on their stored arrays.
     """
-    attrs = ham.base.attributes.all
-    if "all_finite" in attrs and "min_onsite_overlap_diagonal" in attrs:
-        finite, min_diag = attrs["all_finite"], attrs["min_onsite_overlap_diagonal"]
-    else:
-        from aiida_deeph.data.hamiltonian import _min_onsite_overlap_diagonal
-
-        packed = ham.get_packed(load=("hamiltonian", "overlap"))
-        finite = bool(np.isfinite(packed.hamiltonian).all() and np.isfinite(packed.overlap).all())
-        min_diag = _min_onsite_overlap_diagonal(packed) if finite else None
+    checks = ham.base.attributes.all
+    if "all_finite" not in checks or "min_onsite_overlap_diagonal" not in checks:
+        checks = array_checks(ham.get_packed(load=("hamiltonian", "overlap")))
+    finite, min_diag = checks["all_finite"], checks["min_onsite_overlap_diagonal"]
     if not finite:
         return ["NaN/Inf in H or S"]
     if min_diag is None or min_diag <= 0.5:
