@@ -179,3 +179,40 @@ def test_onsite_reference_starts_onsite_blocks_at_the_data():
     after = onsite_error(model)
     assert set(used) == {"Na", "Cl"}
     assert before > 10.0 and after < 1.5, (before, after)
+
+
+def _carbon_dock_tree(root: Path, count: int) -> Path:
+    """``count`` DeepH-dock folders of real rattled-diamond runs (../shared/openmx-carbon), symlinked."""
+    from .conftest import shared_dir
+
+    runs = sorted(p for p in (shared_dir() / "openmx-carbon").iterdir() if p.name.startswith("C-dia2"))
+    assert len(runs) >= count
+    root.mkdir(parents=True)
+    for run in runs[:count]:
+        (root / run.name).symlink_to(run / "dock", target_is_directory=True)
+    return root
+
+
+def test_scan_metadata_of_many_dock_folders(tmp_path):
+    """Dock folders past the 16th are read for their pair set only (this raised 'neither overlap.h5 nor
+    hamiltonian.h5 found' before)."""
+    from aiida_deeph.ml.data import discover, scan_metadata
+
+    items = discover([_carbon_dock_tree(tmp_path / "dock", 20)])
+    assert len(items) == 20 and all(it.kind == "dock" for it in items)
+    meta = scan_metadata(items)
+    assert meta["orbital_ls"] == {"C": [0, 0, 1, 1, 2]}
+    assert meta["atom_counts"] == {"C": 40}
+    assert 6.0 < meta["max_pair_distance"] < 6.5       # C6.0: rc = 6 bohr, pairs up to 2 rc = 6.35 A
+
+
+def test_cli_train_on_many_dock_folders(tmp_path):
+    """`aiida-deeph train --data DIR` with more than 16 DeepH-dock folders in DIR."""
+    from aiida_deeph.cli.main import main
+
+    data = _carbon_dock_tree(tmp_path / "dock", 20)
+    model_dir = tmp_path / "model"
+    assert main(["train", "--preset", "tiny", "--max-epochs", "1", "--no-test", "--data", str(data),
+                 "--output", str(model_dir)]) == 0
+    split = json.loads((model_dir / "split.json").read_text())
+    assert sum(len(split[k]) for k in ("train", "val", "test")) == 20

@@ -223,11 +223,17 @@ def read_dock(folder, load=("hamiltonian", "overlap", "density_matrix"), restore
     arrays, atom_pairs, offsets = {}, None, None
     for name in ("overlap", "hamiltonian", "density_matrix"):
         path = folder / _DOCK_FILES[name]
-        if name not in load or not path.is_file():
+        # with nothing (or nothing present) to load, the pair set still comes from the first file there
+        wanted = name in load or (atom_pairs is None and not any((folder / _DOCK_FILES[n]).is_file() for n in load)
+                                  and name != "density_matrix")
+        if not wanted or not path.is_file():
             continue
         with h5py.File(path, "r") as h5:
             ap = h5["atom_pairs"][()].astype(np.int64)
             cb = h5["chunk_boundaries"][()].astype(np.int64)
+            if name not in load:
+                atom_pairs, offsets = ap, cb
+                continue
             entries = h5["entries"][()].astype(np.float64)
         if atom_pairs is None:
             atom_pairs, offsets = ap, cb
