@@ -6,6 +6,14 @@ to 80 channels per l.  The tensor product couples the features with the edge's s
 rotates back.  Prints the time per call of each and their ratio, measured in the same run.
 
     python benchmarks/bench_so2.py [--edges 1000] [--channels 80] [--lmax 4] [--threads 1] [--device cpu]
+
+``--layout-compare`` instead times forward + backward of the earlier per-m SO2Linear / per-l
+EquiLinear (reference copies in tests/test_ml_so2_layout.py) against the current ones, at the layer
+sizes of the 'small' (channels 16, mmax 2) and 'paper' (channels 80, mmax None) presets: the
+message conv (c_in = 3 C, radial modulation), the value conv (C -> C) and an EquiLinear (C -> 2 C).
+Reference and new runs alternate (A, B, A, B, ...) in one process; medians are printed.
+
+    python benchmarks/bench_so2.py --layout-compare [--edges 1000] [--repeat 7] [--dtype float32]
 """
 from __future__ import annotations
 
@@ -25,16 +33,91 @@ def timeit(fn, repeat, sync):
     return (time.perf_counter() - t) / repeat
 
 
+def layout_compare(args):
+    import statistics
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.test_ml_so2_layout import _EquiLinearReference, _SO2LinearReference
+
+    from aiida_deeph.ml.so2 import EquiLinear, SO2Linear
+
+    dtype = getattr(torch, args.dtype)
+    dev = torch.device(args.device)
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    E, L = args.edges, args.lmax
+    S = (L + 1) ** 2
+    cases = []
+    for preset, C, mmax in (("small", 16, 2), ("paper", 80, None)):
+        # (name, new class, reference class, constructor args, radial modulation)
+        cases += [(preset, "SO2 msg", SO2Linear, _SO2LinearReference, (3 * C, C, L, mmax), True),
+                  (preset, "SO2 val", SO2Linear, _SO2LinearReference, (C, C, L, mmax), False),
+                  (preset, "EquiLin", EquiLinear, _EquiLinearReference, (C, 2 * C, L), False)]
+    print(f"device {dev}, threads {torch.get_num_threads()}, edges {E}, lmax {L}, {args.dtype}; ms per forward+backward, "
+          f"median of {args.repeat} interleaved repeats x {args.inner} calls")
+    print(f"{'preset':6s} {'layer':8s} {'c_in':>5s} {'mmax':>4s} {'reference':>10s} {'new':>9s} {'ratio':>6s}"
+          "  max |diff| / max |ref| (output, input and weight gradients)")
+    ratios = {}
+    for preset, name, new_cls, ref_cls, shape, modulated in cases:
+        torch.manual_seed(0)
+        ref = ref_cls(*shape).to(device=dev, dtype=dtype)
+        new = new_cls(*shape).to(device=dev, dtype=dtype)
+        with torch.no_grad():
+            if ref.bias is not None:
+                ref.bias.normal_()
+        new.load_state_dict(ref.state_dict())
+        x = torch.randn(E, S, shape[0], dtype=dtype, device=dev, requires_grad=True)
+        ins = [x]
+        if modulated:
+            ins.append(torch.randn(E, ref.num_modulation, dtype=dtype, device=dev, requires_grad=True))
+        gy = torch.randn(E, S, shape[1], dtype=dtype, device=dev)
+
+        def step(mod):
+            for t in [*ins, *mod.parameters()]:
+                t.grad = None
+            (mod(*ins) * gy).sum().backward()
+
+        outs = []
+        for mod in (ref, new):
+            step(mod)
+            outs.append([mod(*ins).detach()] + [t.grad.clone() for t in ins]
+                        + [p.grad.clone() for p in mod.parameters()])
+        diff = max(((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item() for a, b in zip(*outs))
+        times = {"ref": [], "new": []}
+        for _ in range(args.repeat):
+            for key, mod in (("ref", ref), ("new", new)):
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(args.inner):
+                    step(mod)
+                sync()
+                times[key].append((time.perf_counter() - t0) / args.inner)
+        tr, tn = statistics.median(times["ref"]), statistics.median(times["new"])
+        ratios[(preset, name)] = tr / tn
+        print(f"{preset:6s} {name:8s} {shape[0]:5d} {str(shape[3]) if len(shape) > 3 else '-':>4s} "
+              f"{tr * 1e3:10.2f} {tn * 1e3:9.2f} {tr / tn:6.2f}  {diff:.1e}")
+    return ratios
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--edges", type=int, default=1000)
     ap.add_argument("--channels", type=int, default=80)
     ap.add_argument("--lmax", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=None, help="timed repeats (default 3; 7 with --layout-compare)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--layout-compare", action="store_true",
+                    help="reference vs current SO2Linear / EquiLinear, interleaved")
+    ap.add_argument("--inner", type=int, default=3, help="calls per timed repeat (--layout-compare)")
+    ap.add_argument("--dtype", default="float32", help="--layout-compare dtype (float32 | float64)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.layout_compare:
+        args.repeat = args.repeat or 7
+        return layout_compare(args)
+    args.repeat = args.repeat or 3
     from e3nn import o3
 
     from aiida_deeph.ml.so2 import SO2Linear, WignerBlocks, rotate, rotate_back

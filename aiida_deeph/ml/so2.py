@@ -124,11 +124,55 @@ def cat_channels(tensors) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 # SO(2) convolution
 # ------------------------------------------------------------------------------------------------
+class _PermuteRows(torch.autograd.Function):
+    """``x.index_select(1, perm)`` for a bijection ``perm``; backward is the inverse gather (no
+    zero-filled buffer, no index_add)."""
+
+    @staticmethod
+    def forward(ctx, x, perm, inv):
+        ctx.save_for_backward(perm, inv)
+        return x.index_select(1, perm)
+
+    @staticmethod
+    def backward(ctx, grad):
+        perm, inv = ctx.saved_tensors
+        return _PermuteRows.apply(grad, inv, perm), None, None
+
+
+def _m_major_rows(lmax: int, mmax: int) -> list:
+    """Row order of the m-major layout of ``x.view(E, 2S, C/2)`` (row ``2s + p``, parity half p).
+
+    m = 0: (p, l) for p in (natural, unnatural), l = 0..lmax.  Each m > 0: two "pairs" of the
+    rows one output pair needs, ``[natural of -m | unnatural of +m]`` then ``[natural of +m |
+    unnatural of -m]``, each by l = m..lmax.  Then the rows of |m| > mmax (unused, zero output).
+    """
+    def row(l, m, p):
+        return 2 * (l * l + l + m) + p
+    rows = [row(l, 0, p) for p in (0, 1) for l in range(lmax + 1)]
+    for m in range(1, mmax + 1):
+        for sn, su in ((-m, m), (m, -m)):
+            rows += [row(l, sn, 0) for l in range(m, lmax + 1)]
+            rows += [row(l, su, 1) for l in range(m, lmax + 1)]
+    used = set(rows)
+    rows += [r for r in range(2 * num_coeffs(lmax)) if r not in used]
+    return rows
+
+
 class SO2Linear(nn.Module):
     """SO(2)- and reflection-equivariant linear map in the edge frame, (E, S, Cin) -> (E, S, Cout).
 
     ``radial_modulation`` (optional, (E, n_mod)) multiplies the inputs per (m, l, channel), giving
-    distance-dependent weights; ``n_mod = self.num_modulation``.
+    distance-dependent weights; ``n_mod = self.num_modulation`` (blocks of (L, Cin) for m = 0..mmax,
+    each applied to both -m and +m).  Coefficients with ``|m| > mmax`` get zero output.
+
+    ``weights[m]`` is ``(n_w, L*hi, L*ho)`` (``n_w`` = 2 for m = 0, else 4: natural->natural,
+    unnatural->unnatural, unnatural->natural (with J), natural->unnatural (with J)); rows/columns
+    ordered (l, channel).  The forward works in an "m-major" layout: ONE row permutation of
+    ``x.view(E, 2S, hi)`` (rows ``2s + parity``) groups the rows each per-m product needs into
+    contiguous slices; per m > 0 one batched matmul of the two pairs ``[x_n(-m) | x_u(+m)]`` and
+    ``[x_n(+m) | x_u(-m)]`` with the fused weights ``[[W0, W3], [-W2, W1]]`` and
+    ``[[W0, -W3], [W2, W1]]`` gives ``[y_n(-m) | y_u(+m)]`` and ``[y_n(+m) | y_u(-m)]`` (rows again in
+    the m-major order); one concatenation and the inverse permutation restore ``(E, S, Cout)``.
     """
 
     def __init__(self, c_in: int, c_out: int, lmax: int, mmax: int | None = None, bias: bool = True):
@@ -148,62 +192,80 @@ class SO2Linear(nn.Module):
             nn.init.normal_(w, std=1.0 / math.sqrt(fan))
             self.weights.append(nn.Parameter(w))
         self.bias = nn.Parameter(torch.zeros(ho)) if bias else None
-        for m in range(self.mmax + 1):
-            self.register_buffer(f"idx_p{m}", m_indices(lmax, m), persistent=False)
-            self.register_buffer(f"idx_m{m}", m_indices(lmax, -m), persistent=False)
-        self.num_modulation = sum((lmax - m + 1) * c_in for m in range(self.mmax + 1))
+        rows = _m_major_rows(lmax, self.mmax)
+        perm = torch.tensor(rows, dtype=torch.long)
+        self.register_buffer("perm", perm, persistent=False)
+        self.register_buffer("inv_perm", torch.argsort(perm), persistent=False)
+        # row counts of the m blocks (2L for m = 0, 4L for m > 0), then the unused |m| > mmax rows
+        self._block_rows = [2 * (lmax + 1)] + [4 * (lmax - m + 1) for m in range(1, self.mmax + 1)]
+        self._unused_rows = len(rows) - sum(self._block_rows)
+        # W (4, K, Ko) -> (2, 2, 2, K, Ko): pair b, input half i, output half j
+        self.register_buffer("_w_pick", torch.tensor([0, 3, 2, 1], dtype=torch.long), persistent=False)
+        sign = torch.tensor([[[1.0, 1.0], [-1.0, 1.0]], [[1.0, -1.0], [1.0, 1.0]]], dtype=torch.float64)
+        self._w_sign64 = sign[:, :, :, None, None]
+        self._sign_cache: dict = {}
+        self._mod_sizes = [(lmax - m + 1) * c_in for m in range(self.mmax + 1)]
+        self.num_modulation = sum(self._mod_sizes)
+
+    def _sign(self, like: torch.Tensor) -> torch.Tensor:
+        key = (like.device, like.dtype)
+        if key not in self._sign_cache:
+            self._sign_cache[key] = self._w_sign64.to(device=like.device, dtype=like.dtype)
+        return self._sign_cache[key]
+
+    def _pair_weights(self, W: torch.Tensor) -> torch.Tensor:
+        """(4, K, Ko) -> (2, 2K, 2Ko): ``[[W0, W3], [-W2, W1]]`` and ``[[W0, -W3], [W2, W1]]``."""
+        _, K, Ko = W.shape
+        Wq = W.index_select(0, self._w_pick).view(1, 2, 2, K, Ko) * self._sign(W)
+        return Wq.permute(0, 1, 3, 2, 4).reshape(2, 2 * K, 2 * Ko)
 
     def forward(self, x: torch.Tensor, radial_modulation: torch.Tensor | None = None) -> torch.Tensor:
-        E = x.shape[0]
+        E, S = x.shape[0], x.shape[1]
         hi, ho = self.c_in // 2, self.c_out // 2
-        out = x.new_zeros(E, x.shape[1], self.c_out)
-        k = 0
+        xs = _PermuteRows.apply(x.reshape(E, 2 * S, hi), self.perm, self.inv_perm)
+        blocks = torch.split(xs, self._block_rows + [self._unused_rows], dim=1)
+        mods = None
+        if radial_modulation is not None:
+            mods = torch.split(radial_modulation, self._mod_sizes, dim=1)
+        pieces = []
         for m in range(self.mmax + 1):
             L = self.lmax - m + 1
+            K, Ko = L * hi, L * ho
             W = self.weights[m]
-            ip = getattr(self, f"idx_p{m}")
-            xp = x[:, ip, :]                                  # (E, L, Cin)
-            mod = None
-            if radial_modulation is not None:
-                mod = radial_modulation[:, k:k + L * self.c_in].view(E, L, self.c_in)
-                k += L * self.c_in
-                xp = xp * mod
+            n_pair = 1 if m == 0 else 2            # inputs per batch: [n | u] of one m, or two pairs
+            xb = blocks[m].reshape(E, n_pair, 2, L, hi)                     # rows (pair, half, l)
+            if mods is not None:
+                # modulation (L, 2, hi) per l / parity half, the same for -m and +m
+                mod = mods[m].view(E, 1, L, 2, hi).permute(0, 1, 3, 2, 4)   # (E, 1, 2, L, hi)
+                xb = xb * mod
             if m == 0:
-                yn = xp[..., :hi].reshape(E, L * hi) @ W[0]
-                yu = xp[..., hi:].reshape(E, L * hi) @ W[1]
-                y = torch.cat([yn.view(E, L, ho), yu.view(E, L, ho)], dim=-1)
-                if self.bias is not None:
-                    y[:, 0, :ho] = y[:, 0, :ho] + self.bias
-                out[:, ip, :] = y
+                a = xb.reshape(E, 2, K).transpose(0, 1)                     # (2, E, K): n, u
+                if self.bias is None:
+                    y = torch.bmm(a, W)
+                else:   # bias on the natural l = 0 row only
+                    y = torch.baddbmm(torch.cat([self.bias, self.bias.new_zeros(2 * Ko - ho)]).view(2, 1, Ko), a, W)
+                yn, yu = y.unbind(0)                                        # (E, Ko) each
+                pieces += [yn.view(E, L, ho), yu.view(E, L, ho)]
                 continue
-            im = getattr(self, f"idx_m{m}")
-            xm = x[:, im, :]
-            if mod is not None:
-                xm = xm * mod
-            # stack (-m, +m) along the batch axis
-            pn = xp[..., :hi].reshape(E, L * hi)
-            pu = xp[..., hi:].reshape(E, L * hi)
-            mn = xm[..., :hi].reshape(E, L * hi)
-            mu = xm[..., hi:].reshape(E, L * hi)
-            # out_n = x_n W_nn + (J x_u) W_un ;  out_u = x_u W_uu + (J x_n) W_nu ;  J(x-, x+) = (-x+, x-)
-            nat_in = torch.cat([mn, pn], 0)
-            unn_in = torch.cat([mu, pu], 0)
-            j_unn = torch.cat([-pu, mu], 0)
-            j_nat = torch.cat([-pn, mn], 0)
-            on = nat_in @ W[0] + j_unn @ W[2]
-            ou = unn_in @ W[1] + j_nat @ W[3]
-            on_m, on_p = on.view(2, E, L, ho).unbind(0)
-            ou_m, ou_p = ou.view(2, E, L, ho).unbind(0)
-            out[:, im, :] = torch.cat([on_m, ou_m], -1)
-            out[:, ip, :] = torch.cat([on_p, ou_p], -1)
-        return out
+            a = xb.reshape(E, 2, 2 * K).transpose(0, 1)                     # (2, E, 2K)
+            y1, y2 = torch.bmm(a, self._pair_weights(W)).unbind(0)          # (E, 2Ko) each
+            pieces += [y1.view(E, 2 * L, ho), y2.view(E, 2 * L, ho)]
+        if self._unused_rows:
+            pieces.append(pieces[-1].new_zeros(E, self._unused_rows, ho))
+        out = _PermuteRows.apply(torch.cat(pieces, 1), self.inv_perm, self.perm)
+        if out.dtype != x.dtype:   # autocast: the reference scattered into a buffer of x's dtype
+            out = out.to(x.dtype)
+        return out.view(E, S, self.c_out)
 
 
 # ------------------------------------------------------------------------------------------------
 # Equivariant pointwise layers (global or local frame alike)
 # ------------------------------------------------------------------------------------------------
 class EquiLinear(nn.Module):
-    """Per-l channel mixing within each parity half; bias on 0e only."""
+    """Per-l channel mixing within each parity half; bias on 0e only.
+
+    One batched matmul over the 2S (coefficient, parity half) rows with the weight of each row's l
+    (``weight`` (lmax+1, 2, hi, ho) expanded along the coefficients)."""
 
     def __init__(self, c_in: int, c_out: int, lmax: int, bias: bool = True):
         super().__init__()
@@ -212,18 +274,19 @@ class EquiLinear(nn.Module):
         w = torch.randn(lmax + 1, 2, hi, ho) / math.sqrt(hi)
         self.weight = nn.Parameter(w)
         self.bias = nn.Parameter(torch.zeros(ho)) if bias else None
+        self.register_buffer("l_of", l_of_coeff(lmax), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hi = self.c_in // 2
-        outs = []
-        for l in range(self.lmax + 1):
-            xl = x[:, l * l:(l + 1) * (l + 1), :]
-            outs.append(torch.cat([xl[..., :hi] @ self.weight[l, 0], xl[..., hi:] @ self.weight[l, 1]], -1))
-        y = torch.cat(outs, 1)
-        if self.bias is not None:
-            ho = self.c_out // 2
-            y[:, 0, :ho] = y[:, 0, :ho] + self.bias
-        return y
+        E, S = x.shape[0], x.shape[1]
+        hi, ho = self.c_in // 2, self.c_out // 2
+        a = x.reshape(E, 2 * S, hi).transpose(0, 1)                          # (2S, E, hi)
+        w = self.weight.index_select(0, self.l_of).view(2 * S, hi, ho)
+        if self.bias is None:
+            y = torch.bmm(a, w)                                              # (2S, E, ho)
+        else:   # bias on the natural half of s = 0 (row 0) only
+            b = torch.cat([self.bias, self.bias.new_zeros((2 * S - 1) * ho)]).view(2 * S, 1, ho)
+            y = torch.baddbmm(b, a, w)
+        return y.transpose(0, 1).reshape(E, S, self.c_out)
 
 
 class Gate(nn.Module):
