@@ -44,11 +44,18 @@ def ham():
     return load_corpus("mp-10182")
 
 
-@pytest.fixture(scope="module")
-def model(ham):
+# the options a saved model can have: Gaussian radial basis + normalised head (models saved before those
+# options existed), Bessel basis + raw-feature head
+MODEL_VARIANTS = {"gaussian-normhead": dict(radial_basis="gaussian", head_norm=True),
+                  "bessel-rawhead": dict(radial_basis="bessel", head_norm=False),
+                  "bessel-wide-head": dict(radial_basis="bessel", head_norm=False, head_hidden=12)}
+
+
+@pytest.fixture(scope="module", params=sorted(MODEL_VARIANTS))
+def model(ham, request):
     torch.manual_seed(0)
     ols, rc = basis_metadata(ham)
-    cfg = ModelConfig.preset("tiny", num_blocks=2, channels=8).with_elements(ols, rc)
+    cfg = ModelConfig.preset("tiny", num_blocks=2, channels=8, **MODEL_VARIANTS[request.param]).with_elements(ols, rc)
     m = DeepH2(cfg).double()
     from aiida_deeph.ml.model import init_onsite_reference, prepare_graph
 

@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--workers", type=int, default=None, help="data-loader worker processes")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast of the network trunk (the output heads, Wigner-Eckart layer and loss stay float32); "
+                        "meant for CUDA, works on CPU")
     p.add_argument("--max-epochs-per-run", type=int, default=None, metavar="K",
                    help="stop cleanly (resumable, like a time budget) after K epochs of this invocation")
     p.add_argument("--nproc-per-node", type=int, default=1, metavar="N",

@@ -56,6 +56,12 @@ class ModelConfig:
     symmetrize: bool = True
     output_scale: float = 1.0                          # eV
     max_elements: int = 0                              # embedding rows (>= len(elements)); grows on fine-tuning
+    # defaults of the keys below are the behaviour of models saved before they existed (configs without them)
+    radial_basis: str = "gaussian"                     # gaussian (num_gaussians over 0..range) | bessel
+    num_bessel: int = 16                               # sin(n pi d / rc) / d, n = 1..num_bessel, smooth envelope
+    head_norm: bool = True                             # EquiLayerNorm before the output heads (False: raw features)
+    head_hidden: int = 0                               # > 0: EquiLinear(channels -> head_hidden) + gate before the
+                                                       # per-irrep read-out (more read-out features than channels/2)
 
     # presets --------------------------------------------------------------------------------
     @classmethod
@@ -270,6 +276,31 @@ class GaussianSmearing(nn.Module):
         return torch.exp(self.coeff * (d[:, None] - self.centers.to(d.dtype)) ** 2)
 
 
+class BesselBasis(nn.Module):
+    """``sqrt(2/rc) sin(n pi d / rc) / d`` (n = 1..num) times a polynomial envelope (p = 6) that takes the
+    functions and their first two derivatives smoothly to zero at ``rc`` (DimeNet / NequIP / MACE).
+
+    Few, smooth functions that cover the whole range: with little data every radial weight is
+    still trained by every distance (600 narrow Gaussians leave most weights without a training distance).
+    """
+
+    def __init__(self, cutoff: float, num: int, p: int = 6):
+        super().__init__()
+        self.cutoff, self.p = float(cutoff), int(p)
+        self.register_buffer("freq", torch.arange(1, num + 1, dtype=torch.float64) * math.pi / self.cutoff)
+
+    def envelope(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p
+        env = (1.0 - (p + 1) * (p + 2) / 2 * x ** p + p * (p + 2) * x ** (p + 1) - p * (p + 1) / 2 * x ** (p + 2))
+        return torch.where(x < 1.0, env, torch.zeros_like(x))
+
+    def forward(self, d: torch.Tensor) -> torch.Tensor:
+        d = d.clamp_min(1e-6)
+        x = d / self.cutoff
+        b = math.sqrt(2.0 / self.cutoff) * torch.sin(self.freq.to(d.dtype) * d[:, None]) / d[:, None]
+        return b * self.envelope(x)[:, None]
+
+
 class EquiFFN(nn.Module):
     def __init__(self, channels: int, lmax: int, factor: int):
         super().__init__()
@@ -314,7 +345,8 @@ class TransformerBlock(nn.Module):
         inv = m[:, self.m0, : self.C // 2].reshape(E, -1)          # natural m = 0 parts: invariant
         alpha = scatter_softmax(self.attn(inv), dst, N)            # (E, H)
         v = self.conv_val(m) * alpha[:, self.head_of][:, None, :]
-        agg = torch.zeros_like(x).index_add_(0, dst, rotate_back(D, v))
+        # the residual stream x stays in its own dtype (float32) under bf16 autocast
+        agg = torch.zeros_like(x).index_add_(0, dst, rotate_back(D, v).to(x.dtype))
         x = x + self.node_out(agg)
         e = e + rotate_back(D, self.conv_edge(m))
         x = x + self.ffn_node(x)
@@ -357,7 +389,7 @@ class WignerEckartHead(nn.Module):
         for (l, q) in self.group_keys:
             K = len(groups[(l, q)])
             self.sizes.append((l, q, K))
-            self.linears.append(nn.Linear(C // 2, K, bias=False))
+            self.linears.append(nn.Linear((cfg.head_hidden or C) // 2, K, bias=False))
         n0 = len(groups[(0, 0)])
         self.n0 = n0
         self.bias = nn.Embedding(num_bias_rows, n0)
@@ -365,11 +397,23 @@ class WignerEckartHead(nn.Module):
         # fixed (not trained) reference of the scalar slots per bias row, set from the data before training
         # (init_onsite_reference; MACE's atomic reference energies play the same role)
         self.register_buffer("reference", torch.zeros(num_bias_rows, n0))
-        self.norm = EquiLayerNorm(C, L)
+        # cfg.head_norm False: the heads read the residual stream itself, so a feature's amplitude (blocks
+        # range from meV to tens of eV) reaches the output; a norm here would have to relearn it per block
+        self.norm = EquiLayerNorm(C, L) if cfg.head_norm else None
+        # the read-out of each (l, parity) group is linear in C/2 features, so at most C/2 independent
+        # functions of the geometry reach the K slots of a group (K is up to 17 for s3p2d2): an equivariant
+        # expansion (EquiLinear + gate) to head_hidden channels lifts that limit
+        self.expand = None
+        if cfg.head_hidden:
+            if cfg.head_hidden % 2:
+                raise ValueError("head_hidden must be even (natural | unnatural halves)")
+            self.expand = nn.Sequential(EquiLinear(C, cfg.head_hidden, L), Gate(cfg.head_hidden, L))
 
     def forward(self, feats: torch.Tensor, bias_rows: torch.Tensor) -> torch.Tensor:
-        x = self.norm(feats)
-        h = self.C // 2
+        x = self.norm(feats) if self.norm is not None else feats
+        if self.expand is not None:
+            x = self.expand(x)
+        h = x.shape[-1] // 2
         ys = []
         for (l, q, K), lin in zip(self.sizes, self.linears):
             xl = x[:, l * l:(l + 1) * (l + 1), q * h:(q + 1) * h]     # (n, 2l+1, h)
@@ -399,8 +443,15 @@ class DeepH2(nn.Module):
         emb = cfg.embedding_dim or C // 2
         self.embedding = nn.Embedding(n_el, emb)
         self.node_in = nn.Linear(emb, C // 2)
-        self.gauss = GaussianSmearing(cfg.gaussian_range, cfg.num_gaussians)
-        self.radial = nn.Sequential(nn.Linear(cfg.num_gaussians, cfg.radial_hidden), nn.SiLU(),
+        if cfg.radial_basis == "gaussian":
+            self.gauss = GaussianSmearing(cfg.gaussian_range, cfg.num_gaussians)
+            n_rad = cfg.num_gaussians
+        elif cfg.radial_basis == "bessel":
+            self.gauss = BesselBasis(cfg.gaussian_range, cfg.num_bessel)
+            n_rad = cfg.num_bessel
+        else:
+            raise ValueError(f"unknown radial_basis {cfg.radial_basis!r} (gaussian, bessel)")
+        self.radial = nn.Sequential(nn.Linear(n_rad, cfg.radial_hidden), nn.SiLU(),
                                     nn.Linear(cfg.radial_hidden, cfg.radial_hidden), nn.SiLU())
         self.edge_scalar = nn.Sequential(nn.Linear(2 * emb + cfg.radial_hidden, C), nn.SiLU(), nn.Linear(C, C // 2))
         self.edge_sh = nn.Linear(cfg.radial_hidden, L * (C // 2))
@@ -445,8 +496,10 @@ class DeepH2(nn.Module):
         for blk in self.blocks:
             x, e = blk(x, e, D, rad, dst, src)
 
-        onsite = self.head_onsite(x, z)
-        hop = self.head_hop(e, z[dst] * self.n_el + z[src])
+        # heads, Wigner-Eckart and symmetrisation in the parameters' dtype, also under bf16 autocast (--amp)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            onsite = self.head_onsite(x.to(dtype), z)
+            hop = self.head_hop(e.to(dtype), z[dst] * self.n_el + z[src])
         if cfg.symmetrize:
             onsite = 0.5 * (onsite + onsite.transpose(1, 2))
             rev = g["edge_rev"]

@@ -75,13 +75,18 @@ class TrainConfig:
     split: tuple = (0.6, 0.2, 0.2)
     num_workers: int = 0
     prefetch: int = 2
-    amp: bool = False              # bf16 autocast on CUDA (loss and Wigner-Eckart stay fp32)
+    amp: bool = False              # bf16 autocast of the trunk (heads, Wigner-Eckart and loss stay fp32)
     device: str | None = None      # default: cuda if available
     dtype: str = "float32"
     grad_clip: float | None = 10.0
     val_every: int = 1
     cache_items: int = 0           # prepared structures kept in memory per process (0: stream every epoch)
     onsite_reference: bool = True  # start on-site blocks at the data's per-element mean (init_onsite_reference)
+    # learning-rate schedule: "plateau" (ReduceLROnPlateau on the validation MAE) or "cosine": from lr down
+    # to lr * final_lr_ratio over the run's horizon, the time budget (max_minutes of the first run, training
+    # seconds summed over resumed runs) or, without one, max_epochs
+    schedule: str = "plateau"
+    final_lr_ratio: float = 0.01
 
     @classmethod
     def preset(cls, name: str, **kw) -> "TrainConfig":
@@ -326,9 +331,10 @@ def evaluate_items(model: DeepH2, items: list, device=None, num_workers: int = 0
 
 
 def _autocast(device, amp: bool):
+    """bf16 autocast of the network trunk (the heads, Wigner-Eckart and the loss stay in float32)."""
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    if amp and dev.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if amp and dev.type in ("cuda", "cpu"):
+        return torch.autocast(dev.type, dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
 
 
@@ -444,8 +450,13 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
     nparams = model.num_parameters()
     opt = make_optimizer(model, tc)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=tc.lr_factor, patience=tc.lr_patience)
+    if tc.schedule not in ("plateau", "cosine"):
+        raise ValueError(f"unknown learning-rate schedule {tc.schedule!r} (plateau, cosine)")
     epoch, best = 0, math.inf
     history_len = 0
+    # cosine schedule: horizon (seconds of training, or epochs) and the training seconds of earlier runs
+    horizon = {"seconds": tc.max_minutes * 60.0 if tc.max_minutes else None, "epochs": tc.max_epochs}
+    prior_seconds = 0.0
     if resuming:
         ck = load_checkpoint(latest)
         model.load_state_dict(ck["model"])
@@ -457,6 +468,8 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
         sched.load_state_dict(ck["scheduler"])
         _set_rng_state(ck["rng"])
         epoch, best = int(ck["epoch"]), float(ck["best_val_mae_meV"])
+        horizon = ck.get("schedule_horizon", horizon)
+        prior_seconds = float(ck.get("train_seconds", 0.0))
         if is_main:
             _truncate_metrics(out / "metrics.jsonl", epoch)
         log(f"resuming from epoch {epoch} (best val MAE {best:.3f} meV)") if is_main else None
@@ -487,7 +500,20 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
     def checkpoint_payload(ep, best_val):
         return {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "rng": _rng_state(), "epoch": ep, "best_val_mae_meV": best_val,
-                "config": json.dumps(model_cfg.to_dict()), "dtype": tc.dtype}
+                "config": json.dumps(model_cfg.to_dict()), "dtype": tc.dtype, "schedule_horizon": horizon,
+                "train_seconds": prior_seconds + (time.monotonic() - t_loop)}
+
+    base_lrs = [group["lr"] for group in opt.param_groups] if not resuming else [tc.lr for _ in opt.param_groups]
+
+    def cosine_lr(ep_fraction: float) -> float:
+        """lr factor of the cosine schedule at this point of the run (1 -> final_lr_ratio)."""
+        if horizon.get("seconds"):
+            p = (prior_seconds + time.monotonic() - t_loop) / horizon["seconds"]
+        else:
+            p = ep_fraction / max(horizon.get("epochs") or 1, 1)
+        p = min(max(p, 0.0), 1.0)
+        r = tc.final_lr_ratio
+        return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * p))
 
     stop_reason = None
     budget = tc.max_minutes * 60.0 if tc.max_minutes else None
@@ -495,8 +521,9 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
     last_val = None
     first_epoch = epoch
     nan_message = None
+    t_loop = time.monotonic()
     while epoch < tc.max_epochs:
-        if opt.param_groups[0]["lr"] < tc.min_lr * (1 - 1e-9):
+        if tc.schedule == "plateau" and opt.param_groups[0]["lr"] < tc.min_lr * (1 - 1e-9):
             stop_reason = "lr"
             break
         if max_epochs_per_run is not None and epoch - first_epoch >= max_epochs_per_run:
@@ -510,7 +537,12 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
         net.train()
         tot_loss, nb, nstruct = 0.0, 0, 0
         out_of_time = False
+        steps_per_epoch = max(len(mine) // tc.batch_size, 1)
         for names, g in make_loader(train_ds, mine, tc.batch_size, tc.num_workers, tc.prefetch):
+            if tc.schedule == "cosine":
+                f = cosine_lr(epoch + nb / steps_per_epoch)
+                for group, lr0 in zip(opt.param_groups, base_lrs):
+                    group["lr"] = lr0 * f
             g = graph_to(g, device=device)
             with _autocast(device, tc.amp):
                 pred = net(g)
@@ -567,7 +599,8 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
                 stop_reason = "nan"
                 epoch -= 1
                 break
-            sched.step(last_val)
+            if tc.schedule == "plateau":
+                sched.step(last_val)
             improved = last_val < best
             if improved:
                 best = last_val
@@ -598,7 +631,7 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
         stop_reason = "lr"
     if stop_reason == "time" and epoch >= tc.max_epochs:
         stop_reason = "epochs"      # the budget ran out exactly with the schedule
-    elif stop_reason == "time" and opt.param_groups[0]["lr"] < tc.min_lr * (1 - 1e-9):
+    elif stop_reason == "time" and tc.schedule == "plateau" and opt.param_groups[0]["lr"] < tc.min_lr * (1 - 1e-9):
         stop_reason = "lr"
     if world > 1:
         import torch.distributed as dist
