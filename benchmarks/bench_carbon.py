@@ -163,6 +163,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--carbon", default=str(SHARED / "openmx-carbon"))
     ap.add_argument("--evaluate-only", default=None, metavar="MODEL_DIR")
+    ap.add_argument("--train-pythonpath", default=None, help="PYTHONPATH of the training subprocess (another checkout)")
     args = ap.parse_args(argv)
     root = Path(args.carbon)
     train_runs, test_runs = split_cells(root, args.train_cells)
@@ -188,9 +189,12 @@ def main(argv=None):
         if args.parent:
             cmd += ["--parent", args.parent]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+        if args.train_pythonpath:
+            env["PYTHONPATH"] = args.train_pythonpath
         t0 = time.perf_counter()
         with open(out / "train.log", "w") as log:
-            subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+            subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
+                           cwd=args.train_pythonpath or None)
         rows = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
         train_info = {"wall_s": time.perf_counter() - t0, "epochs": len(rows),
                       "best_val_mae_meV": min((r["val_mae_meV"] for r in rows if "val_mae_meV" in r), default=None),

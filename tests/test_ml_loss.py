@@ -68,3 +68,81 @@ def test_metrics_gauge_invariant(batch):
     tot_al = (r1["per_element_pair_meV"]["Al-Al"] * r1["per_element_pair_entries"]["Al-Al"]
               + r1["per_element_pair_meV"]["Al-P"] * r1["per_element_pair_entries"]["Al-P"])
     assert abs(r1["per_element_meV"]["Al"] - tot_al / n_al) < 1e-9
+
+
+@pytest.fixture(scope="module")
+def carbon_batch():
+    """Two real rattled-diamond cells (2 and 8 atoms, DeepH-dock folders) with the k-space fields."""
+    from aiida_deeph.io.dock import read_dock
+    from .conftest import shared_dir
+
+    root = shared_dir() / "openmx-carbon"
+    hams = [read_dock(root / name / "dock", load=("hamiltonian", "overlap")) for name in ("C-dia2-r000", "C-dia8-r000")]
+    cfg = ModelConfig.preset("tiny").with_elements(*basis_metadata(hams[0]))
+    g = collate_graphs([prepare_graph(h, BasisMap(cfg), with_kspace=True) for h in hams])
+    return hams, g
+
+
+def _symmetric_noise(ham, scale, seed):
+    """Entry noise with H_ij(R) = H_ji(-R)^T kept (so H(k) stays Hermitian)."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(scale=scale, size=ham.hamiltonian.shape)
+    out = ham.copy()
+    out.hamiltonian = ham.hamiltonian + noise
+    index = ham.pair_index()
+    for p, (r1, r2, r3, i, j) in enumerate(ham.atom_pairs.tolist()):
+        q = index[(-r1, -r2, -r3, j, i)]
+        if q > p:
+            blk = out.block(p).copy()
+            out.hamiltonian[ham.offsets[q]:ham.offsets[q + 1]] = blk.T.reshape(-1)
+        elif q == p:
+            blk = out.block(p)
+            out.hamiltonian[ham.offsets[p]:ham.offsets[p + 1]] = (0.5 * (blk + blk.T)).reshape(-1)
+    return out
+
+
+def test_band_loss_is_gauge_invariant_and_zero_for_the_truth(carbon_batch):
+    from aiida_deeph.ml.loss import band_loss
+
+    _, g = carbon_batch
+    eb = g["entry_batch"]
+    c = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    shifted = g["H"] + c[eb] * g["S"]          # the same physics: every eigenvalue moves by c
+    loss = band_loss(shifted, g, 2, num_k=2, generator=torch.Generator().manual_seed(1))
+    assert float(loss) < 1e-16
+
+
+def test_band_loss_equals_the_band_solver(carbon_batch):
+    """band_loss's eigenvalues are those of physics.bands at the same k (Huber of the shifts in the window)."""
+    from aiida_deeph.ml.loss import band_loss, gauge_shift
+    from aiida_deeph.physics.bands import band_energies
+
+    hams, g = carbon_batch
+    noisy = [_symmetric_noise(h, 0.003, seed) for seed, h in enumerate(hams)]
+    pred = torch.cat([torch.from_numpy(n.hamiltonian) for n in noisy]).requires_grad_(True)
+    loss = band_loss(pred, g, 2, num_k=3, generator=torch.Generator().manual_seed(5))
+    loss.backward()
+    assert torch.isfinite(pred.grad).all() and float(pred.grad.abs().max()) > 0
+    kpts = torch.rand(3, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)   # the same draw
+    dmu = gauge_shift(pred.detach(), g["H"], g["S"], g["entry_batch"], 2).numpy()
+    terms = []
+    for b, (ham, n) in enumerate(zip(hams, noisy)):
+        kb = kpts.numpy() if b == 0 else torch.rand(3, 3, generator=_after(5, 1), dtype=torch.float64).numpy()
+        et = band_energies(ham, kb, s_threshold=0.0, threads=1).eigenvalues
+        ep = band_energies(n, kb, s_threshold=0.0, threads=1).eigenvalues - dmu[b]
+        for k in range(3):
+            keep = np.abs(et[k] - ham.fermi_energy_eV) <= 3.0
+            if not keep.any():          # skipped by band_loss too
+                continue
+            r = ep[k][keep] - et[k][keep]
+            a = np.abs(r)
+            terms.append(np.mean(np.where(a < 0.01, 0.5 * r * r, 0.01 * (a - 0.005))))
+    assert float(loss) == pytest.approx(np.mean(terms), rel=1e-6)
+
+
+def _after(seed, draws):
+    """A generator seeded with ``seed`` that has made ``draws`` (3, 3) k-point draws."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(draws):
+        torch.rand(3, 3, generator=gen, dtype=torch.float64)
+    return gen

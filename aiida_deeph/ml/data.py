@@ -170,13 +170,19 @@ def scan_metadata(items: list, reader: Reader | None = None) -> dict:
 class StructureDataset(torch.utils.data.Dataset):
     """Map-style dataset of prepared graphs, read lazily one structure at a time."""
 
-    def __init__(self, items: list, basis: BasisMap, with_targets: bool = True, cache_items: int = 0):
+    def __init__(self, items: list, basis: BasisMap, with_targets: bool = True, cache_items: int = 0,
+                 cache_mb: float = 0.0, with_kspace: bool = False):
         self.items = list(items)
         self.basis = basis
         self.with_targets = with_targets
+        self.with_kspace = with_kspace
         self.reader = Reader()
-        self.cache_items = int(cache_items)   # bounded in-memory cache of prepared graphs (per process)
+        # bounded in-memory cache of prepared graphs (per process): at most cache_items structures, or as many
+        # as fit in cache_mb megabytes (small corpora are then read and prepared once, large ones still stream)
+        self.cache_items = int(cache_items)
+        self.cache_bytes = float(cache_mb) * 2 ** 20
         self._cache: dict = {}
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self.items)
@@ -187,6 +193,11 @@ class StructureDataset(torch.utils.data.Dataset):
         out = self._load(k)
         if len(self._cache) < self.cache_items:
             self._cache[k] = out
+        elif self.cache_bytes > 0:
+            size = sum(t.numel() * t.element_size() for t in out[1].values())
+            if self._cached_bytes + size <= self.cache_bytes:
+                self._cache[k] = out
+                self._cached_bytes += size
         return out
 
     def _load(self, k: int):
@@ -194,7 +205,7 @@ class StructureDataset(torch.utils.data.Dataset):
         ham = self.reader.read(it, load=("hamiltonian", "overlap") if self.with_targets else ("overlap",))
         if self.with_targets and (ham.hamiltonian is None or ham.overlap is None):
             raise ValueError(f"{it.label}: training/evaluation needs both H and S")
-        return it.label, prepare_graph(ham, self.basis, with_targets=self.with_targets)
+        return it.label, prepare_graph(ham, self.basis, with_targets=self.with_targets, with_kspace=self.with_kspace)
 
 
 def collate(batch):

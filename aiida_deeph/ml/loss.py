@@ -58,6 +58,62 @@ def gauge_loss(pred, true, S, entry_batch, num_structures: int, kind: str = "hub
     return (num / den.clamp_min(1e-30)).mean()
 
 
+def _huber(r, delta):
+    a = r.abs()
+    return torch.where(a < delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
+def band_loss(pred, g: dict, num_structures: int, num_k: int = 2, window_eV: float = 3.0, delta: float = 0.01,
+              generator=None):
+    """Huber loss of the band energies of the predicted H at ``num_k`` random k-points per structure.
+
+    The eigenvalues ``e`` of ``H(k) c = e S(k) c`` with the *true* S(k) (Cholesky ``S = L L^H``,
+    ``A = L^-1 H L^-H``), predicted against true, shifted by the structure's gauge ``dmu`` (exactly
+    the eigenvalue shift of ``H + dmu S``, so the term is gauge-invariant), over the bands whose true
+    energy lies within the structure's Fermi level +- ``window_eV``. This is what bands see: an H error
+    along a near-null direction of S(k) costs here what it costs in the band structure, however small
+    its share of the entry-wise loss. Needs the ``with_kspace`` fields of :func:`prepare_graph`;
+    structures without a Fermi level are skipped. Returns a scalar (0 when nothing was compared).
+    """
+    true, S, eb = g["H"].to(pred.dtype), g["S"].to(pred.dtype), g["entry_batch"]
+    dmu = gauge_shift(pred.detach(), true, S, eb, num_structures)
+    cdtype = torch.complex128 if pred.dtype == torch.float64 else torch.complex64
+    R_entry = g["pair_R"][g["entry_pair"]].to(pred.dtype)
+    total, count = pred.new_zeros(()), 0
+    for b in range(num_structures):
+        fermi = float(g["fermi"][b])
+        if not math.isfinite(fermi):
+            continue
+        sel = eb == b
+        n = int(g["num_orbitals"][b])
+        flat = g["entry_row"][sel] * n + g["entry_col"][sel]
+        kpts = torch.rand(num_k, 3, generator=generator, dtype=pred.dtype).to(pred.device)
+        phase = torch.exp(1j * (2 * math.pi) * (R_entry[sel] @ kpts.T).to(cdtype))      # (entries, k)
+        for kk in range(num_k):
+            ph = phase[:, kk]
+            Hp = torch.zeros(n * n, dtype=cdtype, device=pred.device).index_add_(0, flat, pred[sel].to(cdtype) * ph)
+            with torch.no_grad():
+                Ht = torch.zeros(n * n, dtype=cdtype, device=pred.device).index_add_(0, flat, true[sel].to(cdtype) * ph)
+                Sk = torch.zeros(n * n, dtype=cdtype, device=pred.device).index_add_(0, flat, S[sel].to(cdtype) * ph)
+                Sk = Sk.view(n, n)
+                Sk = 0.5 * (Sk + Sk.conj().T)
+                Lc = torch.linalg.cholesky(Sk)
+                Ht = Ht.view(n, n)
+                At = torch.linalg.solve_triangular(Lc, torch.linalg.solve_triangular(Lc, Ht, upper=False).conj().T,
+                                                   upper=False).conj().T
+                et = torch.linalg.eigvalsh(0.5 * (At + At.conj().T))
+                keep = (et - fermi).abs() <= window_eV
+            if not bool(keep.any()):
+                continue
+            Hp = Hp.view(n, n)
+            Ap = torch.linalg.solve_triangular(Lc, torch.linalg.solve_triangular(Lc, Hp, upper=False).conj().T,
+                                               upper=False).conj().T
+            ep = torch.linalg.eigvalsh(0.5 * (Ap + Ap.conj().T))
+            total = total + _huber((ep - dmu[b] - et)[keep], delta).mean()
+            count += 1
+    return total / max(count, 1)
+
+
 class MetricAccumulator:
     """Accumulates absolute errors (eV) per element, element pair and structure; reports meV."""
 

@@ -69,7 +69,11 @@ class ModelConfig:
         if name == "paper":
             base = dict(num_blocks=3, lmax=4, channels=80, heads=2, num_gaussians=600, radial_hidden=64)
         elif name == "small":
-            base = dict(num_blocks=2, lmax=4, mmax=2, channels=16, heads=2, num_gaussians=128, radial_hidden=32)
+            # measured on the carbon set (benchmarks/RESULTS.md): all m in the SO(2) convolutions (a C3v bond,
+            # as in diamond, has m = +-3 parts in its frame that mmax = 2 cannot give), a read-out through
+            # 64 gated channels, the raw residual stream into the heads, 16 Bessel functions
+            base = dict(num_blocks=2, lmax=4, mmax=None, channels=16, heads=2, radial_basis="bessel", num_bessel=16,
+                        radial_hidden=32, head_norm=False, head_hidden=64)
         elif name == "tiny":
             base = dict(num_blocks=1, lmax=4, mmax=2, channels=8, heads=2, num_gaussians=32, radial_hidden=16)
         else:
@@ -155,8 +159,13 @@ class BasisMap:
                 )
 
 
-def prepare_graph(ham, basis: BasisMap, with_targets: bool = True) -> dict:
-    """PackedHamiltonian -> dict of tensors for the model (one structure)."""
+def prepare_graph(ham, basis: BasisMap, with_targets: bool = True, with_kspace: bool = False) -> dict:
+    """PackedHamiltonian -> dict of tensors for the model (one structure).
+
+    ``with_kspace`` adds what the band loss (:func:`aiida_deeph.ml.loss.band_loss`) needs to build H(k)
+    and S(k): each entry's row and column orbital (``entry_row``, ``entry_col``, within the structure),
+    each pair's lattice vector ``pair_R``, ``num_orbitals`` and the Fermi level ``fermi`` (NaN if unknown).
+    """
     basis.check(ham)
     ap = np.asarray(ham.atom_pairs, dtype=np.int64)
     P = len(ap)
@@ -207,6 +216,15 @@ def prepare_graph(ham, basis: BasisMap, with_targets: bool = True) -> dict:
         "num_pairs": torch.tensor([P]),
         "num_entries": torch.tensor([int(offsets[-1])]),
     }
+    if with_kspace:
+        first = np.concatenate([[0], np.cumsum(norb)[:-1]])
+        g["entry_row"] = torch.from_numpy(first[ap[pair_of_entry, 3]] + row)
+        g["entry_col"] = torch.from_numpy(first[ap[pair_of_entry, 4]] + col)
+        g["pair_R"] = torch.from_numpy(ap[:, :3].copy())
+        g["num_orbitals"] = torch.tensor([int(norb.sum())])
+        fermi = ham.fermi_energy_eV
+        g["fermi"] = torch.tensor([float(fermi) if fermi is not None and np.isfinite(fermi) else np.nan],
+                                  dtype=torch.float64)
     if with_targets:
         if ham.hamiltonian is not None:
             g["H"] = torch.from_numpy(np.asarray(ham.hamiltonian, dtype=np.float64))
@@ -603,7 +621,7 @@ def grow_state_dict(model: DeepH2, parent_state: dict) -> list:
         if t.shape == v.shape:
             t.copy_(v)
         elif t.dim() == v.dim() and all(a >= b for a, b in zip(t.shape, v.shape)):
-            if k.endswith("head_hop.bias.weight") or k.endswith("head_hop.reference"):
+            if k.endswith(("head_hop.bias.weight", "head_hop.reference")):
                 n_old = int(round(math.sqrt(v.shape[0])))
                 n_new = int(round(math.sqrt(t.shape[0])))
                 tv = t.view(n_new, n_new, -1)
