@@ -115,6 +115,10 @@ def test_cli_train_evaluate_predict(small_set, tmp_path):
     out = tmp_path / "out" / "mp-1550"
     for f in ("POSCAR", "info.json", "overlap.h5", "hamiltonian.h5"):
         assert (out / f).is_file()
+    # the DFT Fermi level of the input is not the prediction's (the model has its own energy zero)
+    assert json.loads((dock / "info.json").read_text()).get("fermi_energy_eV") is not None
+    info = json.loads((out / "info.json").read_text())
+    assert "fermi_energy_eV" not in info and info["aiida_deeph"]["meta"]["source"] == "DeepH-2 prediction"
     import h5py
 
     with h5py.File(out / "hamiltonian.h5") as a, h5py.File(dock / "overlap.h5") as b:

@@ -57,6 +57,21 @@ def _write_like(input_folder: Path, out_folder: Path, ham_pred) -> None:
     tmp.replace(out_folder / "hamiltonian.h5")
 
 
+def _write_info(src: Path, dst: Path) -> None:
+    """The input's info.json without its Fermi level: a DFT Fermi level does not belong to the prediction
+    (the model's H has its own energy zero, H + dmu S); ``aiida-deeph bands`` then finds it from the electron
+    count. The source of H is recorded (``aiida_deeph.meta.source``)."""
+    import json
+
+    info = json.loads(src.read_text())
+    info.pop("fermi_energy_eV", None)
+    extra = info.setdefault("aiida_deeph", {})
+    extra["meta"] = dict(extra.get("meta", {}), source="DeepH-2 prediction")
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(dst)
+
+
 def predict_dock_folders(model_dir, inputs, output, device=None, log=print) -> list:
     from aiida_deeph.io.dock import read_dock
 
@@ -77,8 +92,9 @@ def predict_dock_folders(model_dir, inputs, output, device=None, log=print) -> l
         dst = output / src.resolve().name
         dst.mkdir(parents=True, exist_ok=True)
         for f in src.iterdir():
-            if f.is_file() and f.name != "hamiltonian.h5":
+            if f.is_file() and f.name not in ("hamiltonian.h5", "info.json"):
                 shutil.copy2(f, dst / f.name)
+        _write_info(src / "info.json", dst / "info.json")
         _write_like(src, dst, pred)
         written.append(dst)
         if log:
