@@ -86,6 +86,22 @@ def test_resume_identical_trajectory(small_set, tmp_path):
     assert not set(split["train"]) & set(split["test"])
 
 
+def test_resume_identical_trajectory_cosine(small_set, tmp_path):
+    """The cosine schedule over max_epochs (no time budget) resumes onto the uninterrupted trajectory."""
+    mc = ModelConfig.preset("tiny", num_gaussians=16)
+    tc = TrainConfig.preset("tiny", max_epochs=4, schedule="cosine")
+    train([small_set], tmp_path / "a", model_config=mc, train_config=tc, log=quiet)
+    first = train([small_set], tmp_path / "b", model_config=mc, train_config=tc, log=quiet, max_epochs_per_run=2)
+    assert first["stop_reason"] == "time"
+    train([small_set], tmp_path / "b", model_config=mc, train_config=tc, log=quiet)
+    a = load_checkpoint(tmp_path / "a" / "latest.pt")
+    b = load_checkpoint(tmp_path / "b" / "latest.pt")
+    assert a["epoch"] == b["epoch"] == 4
+    assert _states_equal(a["model"], b["model"])
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.5 * tc.lr     # decays over the 4 epochs
+
+
 def test_finetune_grows_embedding(ca_file, small_set, tmp_path):
     mc = ModelConfig.preset("tiny", num_gaussians=16)
     train([ca_file], tmp_path / "parent", model_config=mc, train_config=TrainConfig.preset("tiny", max_epochs=1),
@@ -149,8 +165,9 @@ def _free_port() -> int:
 def test_ddp_gloo_two_processes(small_set, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "aiida_deeph.cli.main", "train", "--preset", "tiny",
-           "--max-epochs", "2", "--device", "cpu", "--data", str(small_set), "--output", str(tmp_path / "ddp")]
+           "--master_port", str(_free_port()), "-m", "aiida_deeph.cli.main", "train", "--preset", "small",
+           "--max-minutes", "3", "--max-epochs", "2", "--device", "cpu", "--data", str(small_set),
+           "--output", str(tmp_path / "ddp")]   # small: the cosine schedule of a time budget, ranks in step
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "world 2" in proc.stdout

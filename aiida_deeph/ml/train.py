@@ -522,6 +522,8 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
             p = (prior_seconds + time.monotonic() - t_loop) / horizon["seconds"]
         else:
             p = ep_fraction / max(horizon.get("epochs") or 1, 1)
+        if world > 1:   # the same learning rate on every rank (their clocks differ): their mean progress
+            p = float(_all_reduce_np(np.array([p]), world)[0]) / world
         p = min(max(p, 0.0), 1.0)
         r = tc.final_lr_ratio
         return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * p))
