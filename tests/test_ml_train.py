@@ -264,3 +264,43 @@ def test_amp_bf16_trains_with_float32_heads(ca_file, tmp_path):
     summary = train([ca_file], tmp_path / "m", train_config=TrainConfig.preset("tiny", max_epochs=2, amp=True),
                     preset="tiny", log=quiet, evaluate_test=False)
     assert summary["stop_reason"] == "epochs" and math.isfinite(summary["best_val_mae_meV"])
+
+
+def test_dataset_cache_is_bounded_by_megabytes(small_set):
+    """Prepared graphs are kept while they fit in cache_mb; beyond it, structures stream."""
+    from aiida_deeph.ml.data import StructureDataset, discover
+
+    items = discover([small_set])
+    cfg = ModelConfig.preset("tiny").with_elements(*_bases(items))
+    from aiida_deeph.ml.model import BasisMap
+
+    basis = BasisMap(cfg)
+    roomy = StructureDataset(items, basis, cache_mb=1024)
+    assert roomy[0] is roomy[0] and len(roomy._cache) == 1
+    none = StructureDataset(items, basis, cache_mb=0)
+    assert none[0] is not none[0] and not none._cache
+    size = sum(t.numel() * t.element_size() for t in roomy[0][1].values())
+    tight = StructureDataset(items, basis, cache_mb=1.5 * size / 2 ** 20)
+    for k in range(len(items)):
+        tight[k]
+    assert 1 <= len(tight._cache) < len(items) and tight._cached_bytes <= 1.5 * size
+
+
+def _bases(items):
+    from aiida_deeph.ml.data import scan_metadata
+
+    meta = scan_metadata(items)
+    return meta["orbital_ls"], meta["cutoff_radius"]
+
+
+def test_onsite_weight_changes_the_loss_only_through_onsite_entries(small_set, tmp_path):
+    """onsite_weight: a training run with it differs from one without (the weights reach the loss)."""
+    mc = ModelConfig.preset("tiny", num_gaussians=16)
+    a = train([small_set], tmp_path / "a", model_config=mc, train_config=TrainConfig.preset("tiny", max_epochs=1),
+              log=quiet, evaluate_test=False)
+    b = train([small_set], tmp_path / "b", model_config=mc,
+              train_config=TrainConfig.preset("tiny", max_epochs=1, onsite_weight=10.0), log=quiet,
+              evaluate_test=False)
+    la = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
+    lb = json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
+    assert la != lb and math.isfinite(b["best_val_mae_meV"])

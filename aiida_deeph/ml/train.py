@@ -92,6 +92,7 @@ class TrainConfig:
     band_weight: float = 0.0
     band_kpoints: int = 2
     band_window_eV: float = 3.0
+    onsite_weight: float = 1.0     # loss weight of the on-site entries relative to the hoppings'
 
     @classmethod
     def preset(cls, name: str, **kw) -> "TrainConfig":
@@ -563,8 +564,12 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
                 pred = net(g)
             if pred.dtype in (torch.bfloat16, torch.float16):
                 pred = pred.float()
+            weights = None
+            if tc.onsite_weight != 1.0:
+                onsite = g["pair_kind"][g["entry_pair"]] == 0
+                weights = torch.where(onsite, tc.onsite_weight, 1.0).to(pred.dtype)
             loss = gauge_loss(pred, g["H"].to(pred.dtype), g["S"].to(pred.dtype), g["entry_batch"], len(names),
-                              kind=tc.loss, delta=tc.huber_delta)
+                              kind=tc.loss, delta=tc.huber_delta, weights=weights)
             if tc.band_weight > 0:
                 gen = torch.Generator().manual_seed(int(tc.seed) * 1_000_003 + epoch * 10_007 + nb + rank * 7919)
                 loss = loss + tc.band_weight * band_loss(pred, g, len(names), num_k=tc.band_kpoints,
