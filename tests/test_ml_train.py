@@ -292,15 +292,3 @@ def _bases(items):
     meta = scan_metadata(items)
     return meta["orbital_ls"], meta["cutoff_radius"]
 
-
-def test_onsite_weight_changes_the_loss_only_through_onsite_entries(small_set, tmp_path):
-    """onsite_weight: a training run with it differs from one without (the weights reach the loss)."""
-    mc = ModelConfig.preset("tiny", num_gaussians=16)
-    a = train([small_set], tmp_path / "a", model_config=mc, train_config=TrainConfig.preset("tiny", max_epochs=1),
-              log=quiet, evaluate_test=False)
-    b = train([small_set], tmp_path / "b", model_config=mc,
-              train_config=TrainConfig.preset("tiny", max_epochs=1, onsite_weight=10.0), log=quiet,
-              evaluate_test=False)
-    la = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
-    lb = json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
-    assert la != lb and math.isfinite(b["best_val_mae_meV"])
