@@ -221,11 +221,11 @@ def read_dock(folder, load=("hamiltonian", "overlap", "density_matrix"), restore
     if info.get("spinful"):
         raise DockFormatError(f"{folder}: spinful Hamiltonians are not supported")
     arrays, atom_pairs, offsets = {}, None, None
+    # with nothing (or nothing present) to load, the pair set still comes from overlap.h5 or hamiltonian.h5
+    pairs_only = not any((folder / _DOCK_FILES[n]).is_file() for n in load if n in _DOCK_FILES)
     for name in ("overlap", "hamiltonian", "density_matrix"):
         path = folder / _DOCK_FILES[name]
-        # with nothing (or nothing present) to load, the pair set still comes from the first file there
-        wanted = name in load or (atom_pairs is None and not any((folder / _DOCK_FILES[n]).is_file() for n in load)
-                                  and name != "density_matrix")
+        wanted = name in load or (pairs_only and atom_pairs is None and name != "density_matrix")
         if not wanted or not path.is_file():
             continue
         with h5py.File(path, "r") as h5:

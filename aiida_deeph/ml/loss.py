@@ -39,13 +39,17 @@ def gauge_residual(pred, true, S, entry_batch, num_structures: int, correct: boo
     return pred - (true + dmu[entry_batch] * S)
 
 
+def _huber(r, delta):
+    a = r.abs()
+    return torch.where(a < delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
 def gauge_loss(pred, true, S, entry_batch, num_structures: int, kind: str = "huber", delta: float = 0.01,
                weights=None, correct: bool = True):
     """Mean over structures of the mean (optionally weighted) per-entry loss of the corrected residual."""
     r = gauge_residual(pred, true, S, entry_batch, num_structures, correct)
     if kind == "huber":
-        a = r.abs()
-        per = torch.where(a < delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+        per = _huber(r, delta)
     elif kind == "mse":
         per = r * r
     elif kind == "mae":
@@ -56,11 +60,6 @@ def gauge_loss(pred, true, S, entry_batch, num_structures: int, kind: str = "hub
     num = torch.zeros(num_structures, dtype=per.dtype, device=per.device).index_add_(0, entry_batch, per * w)
     den = torch.zeros(num_structures, dtype=per.dtype, device=per.device).index_add_(0, entry_batch, w)
     return (num / den.clamp_min(1e-30)).mean()
-
-
-def _huber(r, delta):
-    a = r.abs()
-    return torch.where(a < delta, 0.5 * r * r, delta * (a - 0.5 * delta))
 
 
 def band_loss(pred, g: dict, num_structures: int, num_k: int = 2, window_eV: float = 3.0, delta: float = 0.01,
@@ -89,26 +88,27 @@ def band_loss(pred, g: dict, num_structures: int, num_k: int = 2, window_eV: flo
         flat = g["entry_row"][sel] * n + g["entry_col"][sel]
         kpts = torch.rand(num_k, 3, generator=generator, dtype=pred.dtype).to(pred.device)
         phase = torch.exp(1j * (2 * math.pi) * (R_entry[sel] @ kpts.T).to(cdtype))      # (entries, k)
+        def at_k(values, ph):
+            """Dense (n, n) matrix sum_R values(R) e^{2 pi i k.R} of one structure's entries."""
+            return torch.zeros(n * n, dtype=cdtype, device=pred.device).index_add_(
+                0, flat, values[sel].to(cdtype) * ph).view(n, n)
+
+        def eigenvalues(Hk, Lc):
+            """Eigenvalues of H(k) c = e S(k) c through A = L^-1 H L^-H (S = L L^H)."""
+            X = torch.linalg.solve_triangular(Lc, Hk, upper=False)                 # L^-1 H
+            A = torch.linalg.solve_triangular(Lc, X.conj().T, upper=False)         # L^-1 (L^-1 H)^H = A^H
+            return torch.linalg.eigvalsh(0.5 * (A + A.conj().T))
+
         for kk in range(num_k):
             ph = phase[:, kk]
-            Hp = torch.zeros(n * n, dtype=cdtype, device=pred.device).index_add_(0, flat, pred[sel].to(cdtype) * ph)
             with torch.no_grad():
-                Ht = torch.zeros(n * n, dtype=cdtype, device=pred.device).index_add_(0, flat, true[sel].to(cdtype) * ph)
-                Sk = torch.zeros(n * n, dtype=cdtype, device=pred.device).index_add_(0, flat, S[sel].to(cdtype) * ph)
-                Sk = Sk.view(n, n)
-                Sk = 0.5 * (Sk + Sk.conj().T)
-                Lc = torch.linalg.cholesky(Sk)
-                Ht = Ht.view(n, n)
-                At = torch.linalg.solve_triangular(Lc, torch.linalg.solve_triangular(Lc, Ht, upper=False).conj().T,
-                                                   upper=False).conj().T
-                et = torch.linalg.eigvalsh(0.5 * (At + At.conj().T))
+                Sk = at_k(S, ph)
+                Lc = torch.linalg.cholesky(0.5 * (Sk + Sk.conj().T))
+                et = eigenvalues(at_k(true, ph), Lc)
                 keep = (et - fermi).abs() <= window_eV
             if not bool(keep.any()):
                 continue
-            Hp = Hp.view(n, n)
-            Ap = torch.linalg.solve_triangular(Lc, torch.linalg.solve_triangular(Lc, Hp, upper=False).conj().T,
-                                               upper=False).conj().T
-            ep = torch.linalg.eigvalsh(0.5 * (Ap + Ap.conj().T))
+            ep = eigenvalues(at_k(pred, ph), Lc)
             total = total + _huber((ep - dmu[b] - et)[keep], delta).mean()
             count += 1
     return total / max(count, 1)

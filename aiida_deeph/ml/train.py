@@ -516,8 +516,6 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
                 "config": json.dumps(model_cfg.to_dict()), "dtype": tc.dtype, "schedule_horizon": horizon,
                 "train_seconds": prior_seconds + (time.monotonic() - t_loop)}
 
-    base_lrs = [group["lr"] for group in opt.param_groups] if not resuming else [tc.lr for _ in opt.param_groups]
-
     def cosine_lr(ep_fraction: float) -> float:
         """lr factor of the cosine schedule at this point of the run (1 -> final_lr_ratio)."""
         if horizon.get("seconds"):
@@ -555,9 +553,9 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
         steps_per_epoch = max(len(mine) // tc.batch_size, 1)
         for names, g in make_loader(train_ds, mine, tc.batch_size, tc.num_workers, tc.prefetch):
             if tc.schedule == "cosine":
-                f = cosine_lr(epoch + nb / steps_per_epoch)
-                for group, lr0 in zip(opt.param_groups, base_lrs):
-                    group["lr"] = lr0 * f
+                lr = tc.lr * cosine_lr(epoch + nb / steps_per_epoch)   # every group starts at tc.lr
+                for group in opt.param_groups:
+                    group["lr"] = lr
             g = graph_to(g, device=device)
             with _autocast(device, tc.amp):
                 pred = net(g)
