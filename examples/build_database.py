@@ -2,6 +2,12 @@
 
     verdi run examples/build_database.py --code LABEL --source snapshot|mp [--snapshot PATH]
         [--ids mp-22862,mp-2534] [--limit N] --group NAME [--protocol P] [--max-concurrent N] [--submit]
+    verdi run examples/build_database.py --code LABEL --source files --structures FILE [FILE ...] --group NAME
+
+--source files: your own structures (any file pymatgen reads, named by the file's stem; or a JSON file
+with a pymatgen 'structure' and an optional 'material_id', as the recordings' meta.json). They are stored
+once (found again by name on a re-run) in the group NAME-structures, and run as given (no primitive
+reduction unless you ask for it with --primitive).
 
 --source snapshot: the offline snapshot (default: the small one shipped in the package; --snapshot PATH
 for another, e.g. ../shared/mp/mp_light_elements_snapshot.json.gz). --source mp: the Materials Project
@@ -19,10 +25,36 @@ from aiida.engine import run_get_node
 from aiida_deeph.workflows.database import DatabaseWorkChain
 
 
+def import_structures(files, label, primitive=False):
+    """Store each structure once (by name; a re-run finds it) in the Group ``label``; returns the label."""
+    group, _ = orm.Group.collection.get_or_create(label)
+    present = {n.base.extras.get("mp_id", None): n for n in group.nodes if isinstance(n, orm.StructureData)}
+    added = 0
+    from aiida_deeph.structures.files import read_structure_file
+
+    for path in files:
+        name, structure, meta = read_structure_file(path)
+        if name in present:
+            continue
+        if primitive:
+            structure = structure.get_primitive_structure()
+        node = orm.StructureData(pymatgen=structure)
+        node.base.extras.set_many({"mp_id": name, "source_file": str(path), **{f"meta_{k}": v for k, v in meta.items()
+                                                                                if k != "source_record"}})
+        node.store()
+        group.add_nodes(node)
+        present[name] = node
+        added += 1
+    print(f"structures: {added} imported, {len(present) - added} already in group {label}")
+    return label
+
+
 def main(argv):
     parser = argparse.ArgumentParser(prog="verdi run examples/build_database.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--code", required=True, help="label of the OpenMX code (aiida-deeph setup openmx)")
-    parser.add_argument("--source", choices=("snapshot", "mp"), default="snapshot")
+    parser.add_argument("--source", choices=("snapshot", "mp", "files"), default="snapshot")
+    parser.add_argument("--structures", nargs="+", default=None, help="structure files for --source files")
+    parser.add_argument("--primitive", action="store_true", help="--source files: reduce to the primitive cell")
     parser.add_argument("--snapshot", default=None, help="snapshot file (default: the one shipped in the package)")
     parser.add_argument("--ids", default=None, help="comma-separated MP ids")
     parser.add_argument("--limit", type=int, default=None)
@@ -36,6 +68,8 @@ def main(argv):
                         help="submit to the daemon and return (follow it with verdi process list / report)")
     args = parser.parse_args(argv)
 
+    if (args.source == "files") != bool(args.structures):
+        parser.error("--source files and --structures go together")
     code = orm.load_code(args.code)
     if code.base.extras.get("deeph_replay", False):
         print("NOTE: code '%s' is the REPLAY stand-in: results are recorded real OpenMX 3.9 outputs, "
@@ -45,6 +79,10 @@ def main(argv):
         "protocol": orm.Str(args.protocol), "max_concurrent": orm.Int(args.max_concurrent),
         "max_sites": orm.Int(args.max_sites), "primitive": orm.Bool(not args.keep_cell),
     }
+    if args.source == "files":
+        inputs["source"] = orm.Str("group")
+        inputs["structure_group"] = orm.Str(import_structures(args.structures, f"{args.group}-structures", args.primitive))
+        inputs["primitive"] = orm.Bool(args.primitive)
     if args.snapshot:
         inputs["snapshot_path"] = orm.Str(args.snapshot)
     if args.ids:

@@ -54,7 +54,28 @@ def structure_of(node: HamiltonianData) -> orm.StructureData:
     return structure.store()
 
 
-def train_model(code, nodes, preset: str, minutes: float, epochs: int):
+def load_parent(spec: str):
+    """A DeepHModelData: a pk/UUID, or a model folder (stored once; found again by the sha256 of best.pt)."""
+    import hashlib
+
+    from aiida_deeph.data.model import DeepHModelData
+
+    folder = Path(spec)
+    if not folder.is_dir():
+        return orm.load_node(spec)
+    digest = hashlib.sha256((folder / "best.pt").read_bytes()).hexdigest()
+    found = (orm.QueryBuilder().append(DeepHModelData, filters={"extras.best_pt_sha256": digest}).first(flat=True))
+    if found is not None:
+        return found
+    node = DeepHModelData(model_dir=folder)
+    node.label = folder.name
+    node.store()
+    node.base.extras.set_many({"best_pt_sha256": digest, "source_folder": str(folder)})
+    print(f"stored the model folder {folder} as DeepHModelData<{node.pk}>")
+    return node
+
+
+def train_model(code, nodes, preset: str, minutes: float, epochs: int, parent=None, train_overrides=None):
     from aiida_deeph.calculations.train import DeepHTrainCalculation, hamiltonians_namespace
 
     builder = DeepHTrainCalculation.get_builder()
@@ -62,8 +83,11 @@ def train_model(code, nodes, preset: str, minutes: float, epochs: int):
     builder.hamiltonians = hamiltonians_namespace(nodes)
     # every training structure in the training split (the held-out test structure is the real test);
     # validation every 5 epochs to save CPU
-    train = {"seed": 0, "split": [1.0, 0.0, 0.0], "max_epochs": int(epochs), "val_every": 5, "lr_patience": 4}
+    train = {"seed": 0, "split": [1.0, 0.0, 0.0], "max_epochs": int(epochs), "val_every": 5, "lr_patience": 4,
+             **(train_overrides or {})}
     builder.config = orm.Dict({"preset": preset, "train": train})
+    if parent is not None:
+        builder.parent_model = parent
     builder.settings = orm.Dict({"max_minutes": float(minutes)})
     builder.metadata.options.max_wallclock_seconds = int(minutes * 60 + 600)
     builder.metadata.label = "train_and_bands demo model"
@@ -97,6 +121,11 @@ def main(argv):
     parser.add_argument("--plot", default=None, help="PNG path of the comparison plot (default bands_<MP_ID>.png)")
     parser.add_argument("--code", default="aiida-deeph", help="label of the aiida-deeph code (created if missing)")
     parser.add_argument("--model", default=None, help="use this DeepHModelData (pk/UUID) instead of training")
+    parser.add_argument("--parent", default=None,
+                        help="fine-tune this model (a model folder, e.g. the shipped carbon model, or a pk/UUID)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's)")
+    parser.add_argument("--band-weight", type=float, default=0.0,
+                        help="weight of the band loss (eigenvalues of H(k) with the true S(k); default 0)")
     args = parser.parse_args(argv)
     t_start = time.monotonic()
 
@@ -119,7 +148,16 @@ def main(argv):
         names = ", ".join(f"{n.base.attributes.get('mp_id')} {n.formula}" for n in training)
         print(f"training a {args.preset!r} DeepH-2 model for at most {args.minutes:g} min on {len(training)} "
               f"structures ({names}); {args.test} {test.formula} is held out")
-        model = train_model(code, training, args.preset, args.minutes, args.epochs)
+        parent = load_parent(args.parent) if args.parent else None
+        overrides = {"band_weight": args.band_weight} if args.band_weight else {}
+        if args.lr:
+            overrides["lr"] = args.lr
+        if parent is not None:
+            print(f"fine-tuning DeepHModelData<{parent.pk}> ({parent.label or 'model'}: "
+                  f"{parent.base.attributes.get('num_parameters')} parameters, elements "
+                  f"{' '.join(parent.base.attributes.get('elements', []))})")
+        model = train_model(code, training, args.preset, args.minutes, args.epochs, parent=parent,
+                            train_overrides=overrides)
 
     structure = structure_of(test)
     print(f"bands of {args.test} {test.formula} (not in the training set). Overlap: the S of its replayed DFT "
@@ -148,7 +186,8 @@ def main(argv):
         print(f"  => DeepH reproduces DFT's bands of {args.test} here (band MAE <= 50 meV, gap within 0.1 eV).")
     else:
         who = ("the given model" if args.model else
-               f"a model trained for {args.minutes:g} CPU-minutes on {len(training)} structures")
+               f"a model {'fine-tuned' if args.parent else 'trained'} for {args.minutes:g} CPU-minutes on "
+               f"{len(training)} structures")
         print(f"  => not DFT quality (that needs band MAE <= 50 meV and the gap within 0.1 eV): {who} has H errors "
               f"of tens of meV, and this basis' ill-conditioned S(k) turns them into band errors of eV (README, "
               f"'End to end'; benchmarks/RESULTS.md).")

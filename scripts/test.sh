@@ -8,4 +8,8 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 if [ -f scripts/slurm-local.sh ]; then
     . scripts/slurm-local.sh || true       # starts a local Slurm when possible (root); tests skip otherwise
 fi
+# The real OpenMX 3.9 for the `real_openmx` tests: built once into the cache (about 2-4 minutes), then instant.
+if [ -f scripts/install-openmx.sh ]; then
+    . scripts/install-openmx.sh --quiet >/dev/null || true   # exports OPENMX_EXECUTABLE/OPENMX_DATA_PATH
+fi
 python -m pytest -q -p no:cacheprovider "$@"

@@ -13,11 +13,16 @@ def register(subparsers) -> None:
         description=(
             "Create an InstalledCode for OpenMX on COMPUTER (or report the existing one with the same label). "
             "DATA.PATH (the DFT_DATA19 folder holding PAO/ and VPS/ on that computer) is kept with the code "
-            "(extra 'openmx_data_path') and written into every input."
+            "(extra 'openmx_data_path') and written into every input. --auto takes both from "
+            "OPENMX_EXECUTABLE/OPENMX_DATA_PATH, else from the install made by scripts/install-openmx.sh "
+            "(${XDG_CACHE_HOME:-~/.cache}/aiida-deeph/openmx-3.9/install.json), and fails with the reason when "
+            "there is none."
         ),
     )
-    openmx.add_argument("--executable", required=True, help="absolute path of openmx on the computer")
-    openmx.add_argument("--data-path", required=True, help="DATA.PATH: the DFT_DATA19 folder on the computer")
+    openmx.add_argument("--executable", help="absolute path of openmx on the computer")
+    openmx.add_argument("--data-path", help="DATA.PATH: the DFT_DATA19 folder on the computer")
+    openmx.add_argument("--auto", action="store_true",
+                        help="find the executable and DATA.PATH (environment, then scripts/install-openmx.sh's cache)")
     openmx.add_argument("--label", default="openmx", help="code label (default: openmx)")
     openmx.add_argument("--computer", default="localhost", help="AiiDA computer label (default: localhost)")
     openmx.add_argument("--mpiprocs", type=int, default=1,
@@ -39,6 +44,11 @@ def register(subparsers) -> None:
     replay.add_argument("--corpus", action="append", default=[], help="folder of recorded runs (repeatable)")
     replay.add_argument("--profile", default=None)
     replay.set_defaults(func=run_setup_replay)
+
+
+# One thread per MPI rank; Open MPI refuses root without the two variables (containers, CI).
+OPENMX_PREPEND_TEXT = ("export OPENBLAS_NUM_THREADS=1\nexport OMP_NUM_THREADS=1\n"
+                       "export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1")
 
 
 def load_aiida_profile(name=None):
@@ -84,16 +94,40 @@ def setup_openmx_code(executable: str, data_path: str, label: str = "openmx", co
     code = orm.InstalledCode(label=label, computer=comp, filepath_executable=executable,
                              default_calc_job_plugin="deeph.openmx",
                              description=f"OpenMX 3.9 (DATA.PATH {data_path})",
-                             prepend_text="export OPENBLAS_NUM_THREADS=1\nexport OMP_NUM_THREADS=1")
+                             prepend_text=OPENMX_PREPEND_TEXT)
     code.store()
     code.base.extras.set(DATA_PATH_EXTRA, data_path)
     code.base.extras.set("default_mpiprocs", mpiprocs)
     return code, True
 
 
+def resolve_openmx_paths(args) -> tuple[str, str, str]:
+    """(executable, data_path, how found) from the arguments; CliError with one line when incomplete."""
+    from aiida_deeph.cli.main import CliError
+    from aiida_deeph.io.openmx_install import locate_openmx
+
+    if args.auto:
+        if args.executable or args.data_path:
+            raise CliError("--auto finds the executable and DATA.PATH itself: give either --auto or both paths")
+        install, why = locate_openmx()
+        if install is None:
+            raise CliError(why)
+        return install.executable, install.data_path, install.describe()
+    if not args.executable or not args.data_path:
+        raise CliError("give --executable and --data-path, or --auto to use OPENMX_EXECUTABLE/OPENMX_DATA_PATH "
+                       "or the install made by scripts/install-openmx.sh")
+    return args.executable, args.data_path, ""
+
+
 def run_setup_openmx(args) -> int:
+    executable, data_path, found = resolve_openmx_paths(args)
     load_aiida_profile(args.profile)
-    code, created = setup_openmx_code(args.executable, args.data_path, args.label, args.computer, args.mpiprocs)
+    if found:
+        print(f"using {found}")
+    code, created = setup_openmx_code(executable, data_path, args.label, args.computer, args.mpiprocs)
+    if not created and code.filepath_executable.as_posix() != executable:
+        print(f"note: the existing code {code.full_label} runs {code.filepath_executable}, not {executable} "
+              "(choose another --label to set up this one)")
     word = "created" if created else "exists:"
     print(f"{word} code {code.full_label} (pk {code.pk}) -> {code.filepath_executable}; "
           f"DATA.PATH {code.base.extras.get('openmx_data_path', '?')}")
