@@ -39,8 +39,7 @@ def import_structures(files, label, primitive=False):
         if primitive:
             structure = structure.get_primitive_structure()
         node = orm.StructureData(pymatgen=structure)
-        node.base.extras.set_many({"mp_id": name, "source_file": str(path), **{f"meta_{k}": v for k, v in meta.items()
-                                                                                if k != "source_record"}})
+        node.base.extras.set_many({"mp_id": name, "source_file": str(path), "meta": meta})
         node.store()
         group.add_nodes(node)
         present[name] = node

@@ -1,14 +1,16 @@
 """Train a small DeepH-2 model on a dataset group, then compute DeepH vs DFT bands of a held-out structure.
 
     verdi run examples/train_and_bands.py --group GROUP --test MP_ID [--minutes M] [--epochs N] [--preset tiny|small]
-        [--plot out.png] [--code aiida-deeph]
+        [--parent MODEL_DIR|PK] [--lr LR] [--band-weight W] [--model MODEL_DIR|PK] [--plot out.png] [--code aiida-deeph]
 
-1. Training: a DeepHTrainCalculation (``aiida-deeph train`` through the ``aiida-deeph`` code on
+1. Training (skipped with ``--model``): a DeepHTrainCalculation (``aiida-deeph train`` through the ``aiida-deeph`` code on
    localhost) on every HamiltonianData of GROUP except the test structure, for at most M minutes
-   (default 2) or 400 epochs of CPU: a TINY demonstration model, not a production one.
+   (default 2) or 400 epochs of CPU: a TINY demonstration model, not a production one; or, with
+   ``--parent``, fine-tuning of a trained model (the shipped carbon model: a model folder is stored as
+   DeepHModelData once) for that budget.
 2. Bands: DeepHBandsWorkChain on the test structure (not in the training set). The overlap S is
-   taken from the DFT HamiltonianData of the same structure (with the embedded default there is no
-   PAO folder and no OpenMX; only S is used, the DFT H never reaches the model) and that DFT
+   taken from the DFT HamiltonianData of the same structure (only S is used, the DFT H never reaches
+   the model) and that DFT
    Hamiltonian is the reference: band errors (each set aligned to its own Fermi level, bands matched
    by index, MAE in meV within E_F +- 3 eV of DFT) and a DFT-vs-DeepH PNG.
 
@@ -120,7 +122,9 @@ def main(argv):
     parser.add_argument("--epochs", type=int, default=400, help="at most this many epochs (default 400)")
     parser.add_argument("--plot", default=None, help="PNG path of the comparison plot (default bands_<MP_ID>.png)")
     parser.add_argument("--code", default="aiida-deeph", help="label of the aiida-deeph code (created if missing)")
-    parser.add_argument("--model", default=None, help="use this DeepHModelData (pk/UUID) instead of training")
+    parser.add_argument("--model", default=None,
+                        help="use this model instead of training: a model folder (e.g. the shipped carbon model) or a "
+                             "DeepHModelData pk/UUID")
     parser.add_argument("--parent", default=None,
                         help="fine-tune this model (a model folder, e.g. the shipped carbon model, or a pk/UUID)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's)")
@@ -142,8 +146,8 @@ def main(argv):
     code = get_code(args.code)
 
     if args.model:
-        model = orm.load_node(args.model)
-        print(f"using DeepHModelData<{model.pk}> (no training)")
+        model = load_parent(args.model)
+        print(f"using DeepHModelData<{model.pk}> ({model.label or 'model'}; no training here)")
     else:
         names = ", ".join(f"{n.base.attributes.get('mp_id')} {n.formula}" for n in training)
         print(f"training a {args.preset!r} DeepH-2 model for at most {args.minutes:g} min on {len(training)} "
@@ -160,9 +164,9 @@ def main(argv):
                             train_overrides=overrides)
 
     structure = structure_of(test)
-    print(f"bands of {args.test} {test.formula} (not in the training set). Overlap: the S of its replayed DFT "
-          f"HamiltonianData<{test.pk}> (no PAO folder / OpenMX in the embedded demo; the DFT H is not sent to the "
-          f"model); reference: the same DFT Hamiltonian.")
+    print(f"bands of {args.test} {test.formula} (not in the training set). Overlap: the S of its DFT "
+          f"HamiltonianData<{test.pk}> (S alone: the DFT H is not sent to the model); reference: the same DFT "
+          f"Hamiltonian.")
     t0 = time.monotonic()
     results, node = run_get_node(DeepHBandsWorkChain, structure=structure, model=model, infer_code=code,
                                  overlap=test, reference=test)

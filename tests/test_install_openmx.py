@@ -150,3 +150,31 @@ def test_setup_openmx_auto(aiida_profile, aiida_localhost, tmp_path, monkeypatch
     code = orm.load_code("auto-t")
     assert code.base.extras.get("openmx_data_path") == str(data)
     assert "OMPI_ALLOW_RUN_AS_ROOT=1" in code.prepend_text
+
+
+def test_record_openmx_without_install_is_one_line(tmp_path, monkeypatch, capsys):
+    from aiida_deeph.cli.main import main
+
+    monkeypatch.delenv("OPENMX_EXECUTABLE", raising=False)
+    monkeypatch.setenv("AIIDA_DEEPH_OPENMX_PREFIX", str(tmp_path / "none"))
+    assert main(["record-openmx", "--out", str(tmp_path / "rec"), "--ids", "mp-22862"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("aiida-deeph record-openmx: error: no OpenMX install found") and "\n" not in err
+
+
+def test_read_structure_file(tmp_path):
+    from aiida_deeph.structures.files import read_structure_file
+
+    meta = shared_dir() / "openmx-carbon" / "C-dia2-r003" / "meta.json"
+    name, structure, info = read_structure_file(meta)
+    assert name == "C-dia2-r003" and len(structure) == 2 and "generated_from" in info
+    poscar = tmp_path / "Si.vasp"
+    poscar.write_text("Si\n1.0\n0 2.715 2.715\n2.715 0 2.715\n2.715 2.715 0\nSi\n2\nDirect\n0 0 0\n0.25 0.25 0.25\n")
+    name, structure, _ = read_structure_file(poscar)
+    assert name == "Si" and structure.composition.reduced_formula == "Si"
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(ValueError, match="cannot read a structure from"):
+        read_structure_file(bad)
+    with pytest.raises(ValueError, match="no structure file"):
+        read_structure_file(tmp_path / "missing.cif")

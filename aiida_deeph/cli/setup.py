@@ -140,6 +140,16 @@ def shipped_recordings() -> Path:
     return Path(str(resources.files("aiida_deeph.resources").joinpath("recordings")))
 
 
+def shipped_model(name: str = "carbon-small") -> Path:
+    """A model folder shipped in the package (``aiida_deeph/resources/models/NAME``)."""
+    from importlib import resources
+
+    path = Path(str(resources.files("aiida_deeph.resources").joinpath("models"))) / name
+    if not (path / "best.pt").is_file():
+        raise ValueError(f"no shipped model {name!r} (aiida_deeph/resources/models/)")
+    return path
+
+
 def setup_replay_code(label: str = "openmx-replay", computer: str = "localhost", corpus=()):
     """Create or return (code, created) for the replay stand-in (recordings: shipped + ``corpus``)."""
     from aiida import orm

@@ -7,7 +7,7 @@ from pathlib import Path
 
 __all__ = ["read_structure_file"]
 
-_META_KEYS = ("seed", "sigma", "strain", "formula", "source_record")
+_META_KEYS = ("formula", "source_record", "generated_from")
 
 
 def read_structure_file(path) -> tuple:
