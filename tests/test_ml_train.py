@@ -292,3 +292,32 @@ def _bases(items):
     meta = scan_metadata(items)
     return meta["orbital_ls"], meta["cutoff_radius"]
 
+
+
+def test_band_stage_after_the_entry_loss(tmp_path):
+    """band_stage_weight: when the plateau schedule would stop, training goes on with the band loss
+    (lr restarted at band_stage_lr, cosine over band_stage_epochs without a time budget); best.pt restarts.
+    With min_lr above lr the entry stage ends at once, so the two epochs run are the band stage's."""
+    from aiida_deeph.ml.train import TrainConfig, train
+
+    data = _carbon_dock_tree(tmp_path / "dock", 4)
+    logs = []
+    tc = TrainConfig.preset("tiny", max_epochs=10, lr=1e-3, min_lr=2e-3, band_stage_weight=0.03,
+                            band_stage_lr=3e-4, band_stage_epochs=2, split=(0.5, 0.25, 0.25))
+    summary = train([data], tmp_path / "model", train_config=tc, preset="tiny", log=logs.append, evaluate_test=False)
+    assert summary["stop_reason"] == "lr" and summary["epochs"] == 2
+    assert any(m.startswith("band stage from epoch 0 (entry loss converged)") for m in logs)
+    records = [json.loads(line) for line in (tmp_path / "model" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("stage") for r in records] == ["band", "band"]
+    assert records[0]["lr"] < 3e-4 + 1e-12 and records[1]["lr"] < records[0]["lr"]
+    # without the stage the same configuration stops before its first epoch
+    tc0 = TrainConfig.preset("tiny", max_epochs=10, lr=1e-3, min_lr=2e-3, split=(0.5, 0.25, 0.25))
+    assert train([data], tmp_path / "model0", train_config=tc0, preset="tiny", log=logs.append,
+                 evaluate_test=False)["epochs"] == 0
+
+
+def test_small_preset_has_the_band_stage():
+    from aiida_deeph.ml.train import TrainConfig
+
+    assert TrainConfig.preset("small").band_stage_weight == 0.03
+    assert TrainConfig.preset("paper").band_stage_weight == 0.0 and TrainConfig.preset("tiny").band_stage_weight == 0.0
