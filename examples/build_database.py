@@ -63,6 +63,8 @@ def main(argv):
                         help="at most N OpenMX runs at a time; the next starts as soon as one ends (default 4)")
     parser.add_argument("--max-sites", type=int, default=150)
     parser.add_argument("--keep-cell", action="store_true", help="do not reduce to the primitive cell")
+    parser.add_argument("--no-stats", action="store_true",
+                        help="do not print the dataset statistics at the end (`verdi data deeph stats GROUP` does)")
     parser.add_argument("--submit", action="store_true",
                         help="submit to the daemon and return (follow it with verdi process list / report)")
     args = parser.parse_args(argv)
@@ -106,6 +108,8 @@ def main(argv):
         print(f"  failed  {item['mp_id']}: {item['reason']}")
     for note in s["notes"]:
         print(f"  note: {note}")
+    if args.no_stats:
+        return 0
     try:
         from aiida_deeph.cmdline.stats import collect_stats, format_stats
     except ImportError:

@@ -36,7 +36,7 @@ fi
 # measured as worse on one cell, see benchmarks/RESULTS.md.
 RES="$(python -c 'from aiida_deeph.cli.setup import shipped_recordings; print(shipped_recordings())')"
 MODEL="$(python -c 'from aiida_deeph.cli.setup import shipped_model; print(shipped_model("carbon-small"))')"
-verdi run examples/build_database.py --code "$CODE" --source files --group "$GROUP" \
+verdi run examples/build_database.py --code "$CODE" --source files --group "$GROUP" --no-stats \
     --structures "$RES/C-dia2-r008/meta.json" "$RES/C-dia2-r003/meta.json"
 verdi data deeph stats "$GROUP"
 # shellcheck disable=SC2086
