@@ -56,7 +56,7 @@ def structure_of(node: HamiltonianData) -> orm.StructureData:
     return structure.store()
 
 
-def load_parent(spec: str):
+def model_node(spec: str):
     """A DeepHModelData: a pk/UUID, or a model folder (stored once; found again by the sha256 of best.pt)."""
     import hashlib
 
@@ -146,13 +146,13 @@ def main(argv):
     code = get_code(args.code)
 
     if args.model:
-        model = load_parent(args.model)
+        model = model_node(args.model)
         print(f"using DeepHModelData<{model.pk}> ({model.label or 'model'}; no training here)")
     else:
         names = ", ".join(f"{n.base.attributes.get('mp_id')} {n.formula}" for n in training)
         print(f"training a {args.preset!r} DeepH-2 model for at most {args.minutes:g} min on {len(training)} "
               f"structures ({names}); {args.test} {test.formula} is held out")
-        parent = load_parent(args.parent) if args.parent else None
+        parent = model_node(args.parent) if args.parent else None
         overrides = {"band_weight": args.band_weight} if args.band_weight else {}
         if args.lr:
             overrides["lr"] = args.lr

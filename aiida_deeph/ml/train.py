@@ -528,10 +528,24 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
         return {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "rng": _rng_state(), "epoch": ep, "best_val_mae_meV": best_val,
                 "config": json.dumps(model_cfg.to_dict()), "dtype": tc.dtype, "schedule_horizon": horizon,
-                "train_seconds": prior_seconds + (time.monotonic() - t_loop), "band_stage": dict(stage)}
+                "train_seconds": train_seconds(), "band_stage": dict(stage)}
 
     def train_seconds() -> float:
+        """Training seconds of this run and the earlier ones it resumes."""
         return prior_seconds + time.monotonic() - t_loop
+
+    def lr_at_min() -> bool:
+        """The plateau schedule is done: its learning rate fell below min_lr."""
+        return opt.param_groups[0]["lr"] < tc.min_lr * (1 - 1e-9)
+
+    def cosine_factor(p: float) -> float:
+        """1 -> final_lr_ratio along a cosine at progress p (0..1); every rank takes the ranks' mean
+        progress (their clocks differ), so the learning rate is the same on all of them."""
+        if world > 1:
+            p = float(_all_reduce_np(np.array([p]), world)[0]) / world
+        p = min(max(p, 0.0), 1.0)
+        r = tc.final_lr_ratio
+        return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * p))
 
     def stage_lr(ep_fraction: float) -> float:
         """Learning rate in the band stage: cosine from band_stage_lr over the rest of the budget."""
@@ -540,11 +554,7 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
             p = (train_seconds() - stage["start_seconds"]) / span
         else:
             p = (ep_fraction - stage["start_epoch"]) / max(tc.band_stage_epochs, 1)
-        if world > 1:
-            p = float(_all_reduce_np(np.array([p]), world)[0]) / world
-        p = min(max(p, 0.0), 1.0)
-        r = tc.final_lr_ratio
-        return tc.band_stage_lr * (r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * p)))
+        return tc.band_stage_lr * cosine_factor(p)
 
     def start_band_stage(why: str) -> None:
         nonlocal best
@@ -559,14 +569,10 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
     def cosine_lr(ep_fraction: float) -> float:
         """lr factor of the cosine schedule at this point of the run (1 -> final_lr_ratio)."""
         if horizon.get("seconds"):
-            p = (prior_seconds + time.monotonic() - t_loop) / horizon["seconds"]
+            p = train_seconds() / horizon["seconds"]
         else:
             p = ep_fraction / max(horizon.get("epochs") or 1, 1)
-        if world > 1:   # the same learning rate on every rank (their clocks differ): their mean progress
-            p = float(_all_reduce_np(np.array([p]), world)[0]) / world
-        p = min(max(p, 0.0), 1.0)
-        r = tc.final_lr_ratio
-        return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * p))
+        return cosine_factor(p)
 
     stop_reason = None
     budget = tc.max_minutes * 60.0 if tc.max_minutes else None
@@ -579,7 +585,7 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
         if tc.band_stage_weight > 0 and not stage["active"]:
             # the stage starts when the entry loss is done, or when only its share of the time budget is left
             # (the same decision on every rank: the lr is synchronised, the clock is reduced)
-            converged = tc.schedule == "plateau" and opt.param_groups[0]["lr"] < tc.min_lr * (1 - 1e-9)
+            converged = tc.schedule == "plateau" and lr_at_min()
             late = bool(horizon.get("seconds")) and train_seconds() > (1.0 - tc.band_stage_share) * horizon["seconds"]
             if world > 1:
                 late = bool(_all_reduce_np(np.array([late], dtype=float), world)[0] > 0)
@@ -590,7 +596,7 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
             if not horizon.get("seconds") and epoch - stage["start_epoch"] >= tc.band_stage_epochs:
                 stop_reason = "lr"
                 break
-        elif tc.schedule == "plateau" and opt.param_groups[0]["lr"] < tc.min_lr * (1 - 1e-9):
+        elif tc.schedule == "plateau" and lr_at_min():
             stop_reason = "lr"
             break
         if max_epochs_per_run is not None and epoch - first_epoch >= max_epochs_per_run:
@@ -606,12 +612,10 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
         out_of_time = False
         steps_per_epoch = max(len(mine) // tc.batch_size, 1)
         for names, g in make_loader(train_ds, mine, tc.batch_size, tc.num_workers, tc.prefetch):
-            if stage["active"]:
-                lr = stage_lr(epoch + nb / steps_per_epoch)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-            elif tc.schedule == "cosine":
-                lr = tc.lr * cosine_lr(epoch + nb / steps_per_epoch)   # every group starts at tc.lr
+            if stage["active"] or tc.schedule == "cosine":
+                progress = epoch + nb / steps_per_epoch
+                # every group starts at tc.lr (band stage: at band_stage_lr)
+                lr = stage_lr(progress) if stage["active"] else tc.lr * cosine_lr(progress)
                 for group in opt.param_groups:
                     group["lr"] = lr
             g = graph_to(g, device=device)
@@ -710,8 +714,7 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
         stop_reason = "lr"
     if stop_reason == "time" and epoch >= tc.max_epochs:
         stop_reason = "epochs"      # the budget ran out exactly with the schedule
-    elif (stop_reason == "time" and tc.schedule == "plateau" and not stage["active"]
-          and opt.param_groups[0]["lr"] < tc.min_lr * (1 - 1e-9)):
+    elif stop_reason == "time" and tc.schedule == "plateau" and not stage["active"] and lr_at_min():
         stop_reason = "lr"
     if world > 1:
         import torch.distributed as dist

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from aiida_deeph.io.openmx_input import write_input_from_protocol
+from aiida_deeph.io.openmx_input import get_keyword, recursive_merge, write_input_from_protocol
 from aiida_deeph.io.openmx_install import OpenmxInstall
 
 __all__ = ["RecordError", "record_run", "record_structures", "recording_structures", "input_for"]
@@ -35,9 +35,7 @@ def input_for(structure, protocol: str = "moderate", data_path: str = "/replay/D
               overrides: dict | None = None) -> str:
     """The OpenMX input that :class:`OpenmxCalculation` writes for a pymatgen ``structure`` and ``protocol``
     (same writer, same protocol file; ``System.Name openmx``)."""
-    params = {"HS.fileout": "on"}
-    merged = {"parameters": {**params, **((overrides or {}).get("parameters") or {})},
-              **{k: v for k, v in (overrides or {}).items() if k != "parameters"}}
+    merged = recursive_merge({"parameters": {"HS.fileout": "on"}}, overrides or {})
     return write_input_from_protocol(
         structure.lattice.matrix, [site.specie.symbol for site in structure], structure.cart_coords,
         protocol=protocol, overrides=merged, system_name=SYSTEM_NAME, data_path=data_path, band_kpath=band_kpath,
@@ -94,7 +92,7 @@ def record_run(input_text: str, name: str, out_dir, install: OpenmxInstall, meta
             _xz(work / f"openmx.{suffix}", stage / f"openmx.{suffix}.xz")
         if (work / "openmx.Band").is_file():
             shutil.copyfile(work / "openmx.Band", stage / "openmx.Band")
-        kgrid = next((v for k, v in params.items() if k.lower() == "scf.kgrid"), None)
+        kgrid = get_keyword(params, "scf.Kgrid")
         info = {**(meta or {}), "returncode": proc.returncode, "wall_s": round(wall, 1), "mpiprocs": mpiprocs,
                 "kgrid": [int(x) for x in kgrid] if isinstance(kgrid, list) else kgrid,
                 "scfout_bytes": (work / "openmx.scfout").stat().st_size,
