@@ -310,6 +310,14 @@ def test_band_stage_after_the_entry_loss(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "model" / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("stage") for r in records] == ["band", "band"]
     assert records[0]["lr"] < 3e-4 + 1e-12 and records[1]["lr"] < records[0]["lr"]
+    # best.pt of the stage is chosen by the validation band error, recorded every epoch
+    import torch
+
+    bands = [r["val_band_mae_meV"] for r in records]
+    assert all(math.isfinite(b) and b > 0 for b in bands)
+    best = torch.load(tmp_path / "model" / "best.pt", weights_only=False)
+    assert best["selected_by"] == "val_band_mae_meV" and best["best_criterion"] == pytest.approx(min(bands))
+    assert best["best_val_mae_meV"] == pytest.approx(records[bands.index(min(bands))]["val_mae_meV"])
     # without the stage the same configuration stops before its first epoch
     tc0 = TrainConfig.preset("tiny", max_epochs=10, lr=1e-3, min_lr=2e-3, split=(0.5, 0.25, 0.25))
     assert train([data], tmp_path / "model0", train_config=tc0, preset="tiny", log=logs.append,

@@ -6,7 +6,8 @@ Model directory layout (no pickled classes anywhere):
 * ``train_config.json``    training configuration (:class:`TrainConfig`)
 * ``metadata.json``        elements, bases, cutoff radii, data sources, split sizes, parameter count
 * ``split.json``           the 6:2:2 split (structure labels and keys)
-* ``best.pt``              ``{"model": state_dict, ...}`` of the best validation MAE
+* ``best.pt``              ``{"model": state_dict, ...}`` of the best validation MAE (while a band term trains:
+                           of the best validation band error, ``selected_by``)
 * ``latest.pt``            model, optimizer, scheduler, RNG states, epoch (exact resume)
 * ``metrics.jsonl``        one JSON line per epoch
 * ``latest.json``          ``{"epoch": e}`` of ``latest.pt`` (written after it: its presence means a checkpoint)
@@ -38,7 +39,10 @@ import numpy as np
 import torch
 
 from .data import StructureDataset, discover, make_loader, scan_metadata, split_items, write_split
-from .loss import MetricAccumulator, band_loss, gauge_loss
+from .loss import MetricAccumulator, band_errors, band_loss, gauge_loss, projected_band_loss
+
+# k-points of the validation band error (a Gamma-centred 2x2x2 mesh): it picks best.pt while a band term trains
+VAL_BAND_KPOINTS = np.array([[a, b, c] for a in (0.0, 0.5) for b in (0.0, 0.5) for c in (0.0, 0.5)])
 from .harmonics import union_multiplicity
 from .model import BasisMap, DeepH2, ModelConfig, graph_to, grow_state_dict, init_onsite_reference
 
@@ -101,6 +105,13 @@ class TrainConfig:
     band_stage_epochs: int = 100
     band_kpoints: int = 2
     band_window_eV: float = 3.0
+    # what the band term compares: "eigenvalues" (loss.band_loss), "projected" (loss.projected_band_loss:
+    # the H error in the DFT eigenbasis) or "both" (their sum)
+    band_loss_kind: str = "eigenvalues"
+
+    def __post_init__(self):
+        if self.band_loss_kind not in ("eigenvalues", "projected", "both"):
+            raise ValueError(f"unknown band_loss_kind {self.band_loss_kind!r} (eigenvalues, projected, both)")
 
     @classmethod
     def preset(cls, name: str, **kw) -> "TrainConfig":
@@ -330,23 +341,32 @@ def _all_reduce_np(vec: np.ndarray, world: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate_items(model: DeepH2, items: list, device=None, num_workers: int = 0, world: int = 1, rank: int = 0,
-                   per_structure: bool = True, amp: bool = False, dataset=None) -> dict:
-    """Gauge-corrected (and uncorrected) metrics of ``model`` on ``items`` (meV)."""
+                   per_structure: bool = True, amp: bool = False, dataset=None, band_kpoints=None) -> dict:
+    """Gauge-corrected (and uncorrected) metrics of ``model`` on ``items`` (meV); with ``band_kpoints``
+    (and a dataset prepared ``with_kspace``) also ``band_mae_meV``, the mean |band error| at those k-points
+    within E_F +- 3 eV (:func:`loss.band_errors`)."""
     acc = MetricAccumulator(model.cfg.elements)
     ds = dataset if dataset is not None else StructureDataset(items, model.basis)
     order = list(range(len(items)))[rank::world]
     was_training = model.training
     model.eval()
     dtype = next(model.parameters()).dtype
+    band_acc = np.zeros(2)
     for names, g in make_loader(ds, order, 1, num_workers):
         g = graph_to(g, device=device)
         with _autocast(device, amp):
             pred = model(g)
         acc.add_batch(g, pred.to(torch.float64), names)
+        if band_kpoints is not None:
+            sums, counts = band_errors(pred, g, len(names), band_kpoints)
+            band_acc += [sums.sum(), counts.sum()]
     model.train(was_training)
     if world > 1:
         acc.load_state(_all_reduce_np(acc.state(), world))
+        band_acc = _all_reduce_np(band_acc, world)
     out = acc.result(per_structure=per_structure)
+    if band_kpoints is not None:
+        out["band_mae_meV"] = 1000.0 * float(band_acc[0] / band_acc[1]) if band_acc[1] else math.nan
     out["dtype"] = str(dtype).replace("torch.", "")
     return out
 
@@ -476,7 +496,9 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=tc.lr_factor, patience=tc.lr_patience)
     if tc.schedule not in ("plateau", "cosine"):
         raise ValueError(f"unknown learning-rate schedule {tc.schedule!r} (plateau, cosine)")
-    epoch, best = 0, math.inf
+    # best: the value best.pt was chosen by (the validation MAE; the validation band error while a band term
+    # trains, VAL_BAND_KPOINTS); best_mae: the validation MAE of best.pt
+    epoch, best, best_mae = 0, math.inf, math.inf
     history_len = 0
     stage = {"active": False, "start_seconds": None, "start_epoch": None}   # the band stage (TrainConfig)
     # cosine schedule: horizon (seconds of training, or epochs) and the training seconds of earlier runs
@@ -492,13 +514,14 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         _set_rng_state(ck["rng"])
-        epoch, best = int(ck["epoch"]), float(ck["best_val_mae_meV"])
+        epoch, best_mae = int(ck["epoch"]), float(ck["best_val_mae_meV"])
+        best = float(ck.get("best_criterion", best_mae))
         horizon = ck.get("schedule_horizon", horizon)
         prior_seconds = float(ck.get("train_seconds", 0.0))
         stage.update(ck.get("band_stage") or {})
         if is_main:
             _truncate_metrics(out / "metrics.jsonl", epoch)
-        log(f"resuming from epoch {epoch} (best val MAE {best:.3f} meV)") if is_main else None
+        log(f"resuming from epoch {epoch} (best val MAE {best_mae:.3f} meV)") if is_main else None
     elif is_main:
         (out / "config.json").write_text(json.dumps(model_cfg.to_dict(), indent=1))
         (out / "train_config.json").write_text(json.dumps(tc.to_dict(), indent=1))
@@ -516,17 +539,20 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if str(device).startswith("cuda") else None)
+    bands_on = tc.band_weight > 0 or tc.band_stage_weight > 0
     train_ds = StructureDataset(split["train"], model.basis, cache_items=tc.cache_items, cache_mb=tc.cache_mb,
-                                with_kspace=tc.band_weight > 0 or tc.band_stage_weight > 0)
+                                with_kspace=bands_on)
     val_items = split["val"] or split["train"]
-    val_ds = StructureDataset(val_items, model.basis, cache_items=tc.cache_items, cache_mb=tc.cache_mb)
+    val_ds = StructureDataset(val_items, model.basis, cache_items=tc.cache_items, cache_mb=tc.cache_mb,
+                              with_kspace=bands_on)
     if is_main:
         log(f"model: {nparams} parameters; structures train/val/test = "
             f"{len(split['train'])}/{len(split['val'])}/{len(split['test'])}; device {device}; world {world}")
 
     def checkpoint_payload(ep, best_val):
         return {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "rng": _rng_state(), "epoch": ep, "best_val_mae_meV": best_val,
+                "scheduler": sched.state_dict(), "rng": _rng_state(), "epoch": ep, "best_val_mae_meV": best_mae,
+                "best_criterion": best_val,
                 "config": json.dumps(model_cfg.to_dict()), "dtype": tc.dtype, "schedule_horizon": horizon,
                 "train_seconds": train_seconds(), "band_stage": dict(stage)}
 
@@ -557,9 +583,9 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
         return tc.band_stage_lr * cosine_factor(p)
 
     def start_band_stage(why: str) -> None:
-        nonlocal best
+        nonlocal best, best_mae
         stage.update(active=True, start_seconds=train_seconds(), start_epoch=epoch)
-        best = math.inf          # best.pt: the best of the band stage
+        best = best_mae = math.inf          # best.pt: the best of the band stage, by its validation band error
         for group in opt.param_groups:
             group["lr"] = tc.band_stage_lr
         if is_main:
@@ -628,9 +654,11 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
             band_w = tc.band_stage_weight if stage["active"] else tc.band_weight
             if band_w > 0:
                 gen = torch.Generator().manual_seed(int(tc.seed) * 1_000_003 + epoch * 10_007 + nb + rank * 7919)
-                loss = loss + band_w * band_loss(pred, g, len(names), num_k=tc.band_kpoints,
-                                                         window_eV=tc.band_window_eV, delta=tc.huber_delta,
-                                                         generator=gen)
+                kw = dict(num_k=tc.band_kpoints, window_eV=tc.band_window_eV, delta=tc.huber_delta, generator=gen)
+                if tc.band_loss_kind in ("eigenvalues", "both"):
+                    loss = loss + band_w * band_loss(pred, g, len(names), **kw)
+                if tc.band_loss_kind in ("projected", "both"):
+                    loss = loss + band_w * projected_band_loss(pred, g, len(names), **kw)
             bad = not bool(torch.isfinite(loss.detach()))
             over = budget is not None and time.monotonic() - t_start > budget
             if world > 1:   # every rank takes the same decision
@@ -674,9 +702,11 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
             out_of_budget = bool(_all_reduce_np(np.array([out_of_budget], dtype=float), world)[0] > 0)
         near_end = epoch >= tc.max_epochs
         if epoch % max(tc.val_every, 1) == 0 or near_end:
+            by_bands = stage["active"] or tc.band_weight > 0
             val = evaluate_items(model, val_items, device=device, world=world, rank=rank, per_structure=False,
-                                 amp=tc.amp, dataset=val_ds)
+                                 amp=tc.amp, dataset=val_ds, band_kpoints=VAL_BAND_KPOINTS if by_bands else None)
             last_val = float(val["mae_meV"])
+            val_band = val.get("band_mae_meV", math.nan)
             if not math.isfinite(last_val):
                 nan_message = f"NaN/Inf validation MAE at epoch {epoch}; try a lower learning rate"
                 stop_reason = "nan"
@@ -684,24 +714,30 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
                 break
             if tc.schedule == "plateau" and not stage["active"]:
                 sched.step(last_val)
-            improved = last_val < best
+            criterion = val_band if by_bands and math.isfinite(val_band) else last_val
+            improved = criterion < best
             if improved:
-                best = last_val
+                best, best_mae = criterion, last_val
             record.update(val_mae_meV=last_val, val_mae_uncorrected_meV=val["mae_uncorrected_meV"],
                           lr=opt.param_groups[0]["lr"])
+            if by_bands:
+                record["val_band_mae_meV"] = val_band
         record["elapsed_s"] = time.monotonic() - t_start
         if is_main:
             if improved:
                 save_checkpoint(out / "best.pt", {"model": model.state_dict(), "epoch": epoch, "dtype": tc.dtype,
-                                                  "best_val_mae_meV": best})
+                                                  "best_val_mae_meV": best_mae, "best_criterion": best,
+                                                  "selected_by": "val_band_mae_meV" if by_bands else "val_mae_meV"})
             # metrics first, then the checkpoint (a resume drops metrics lines past the checkpoint's epoch)
             with open(metrics_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             save_checkpoint(latest, checkpoint_payload(epoch, best))
             tmp = out / ".latest.json.tmp"
-            tmp.write_text(json.dumps({"epoch": epoch, "best_val_mae_meV": _finite(best)}))
+            tmp.write_text(json.dumps({"epoch": epoch, "best_val_mae_meV": _finite(best_mae)}))
             os.replace(tmp, out / "latest.json")
             vtxt = f"val MAE {record['val_mae_meV']:8.3f} meV" if "val_mae_meV" in record else "val MAE        -    "
+            if "val_band_mae_meV" in record:
+                vtxt += f"  bands {record['val_band_mae_meV']:7.1f} meV"
             log(f"epoch {epoch:5d}  loss {record['train_loss']:.3e}  {vtxt}  "
                 f"lr {record['lr']:.2e}  {rate:6.2f} structures/s" + ("  *" if improved else ""))
         history_len += 1
@@ -736,13 +772,13 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
             tmp.write_text(json.dumps(res, indent=1, default=float))
             os.replace(tmp, out / "test_metrics.json")
             log(f"test MAE of the best model: {test_mae:.3f} meV ({len(split['test'])} structures)")
-    summary = {"epochs": epoch, "best_val_mae_meV": best, "last_val_mae_meV": last_val, "stop_reason": stop_reason,
+    summary = {"epochs": epoch, "best_val_mae_meV": best_mae, "last_val_mae_meV": last_val, "stop_reason": stop_reason,
                "num_parameters": nparams, "elapsed_s": time.monotonic() - t_start, "output": str(out),
                "test_mae_meV": test_mae, "completed": stop_reason in ("lr", "epochs")}
     if nan_message:
         summary["message"] = nan_message
     if is_main:
-        write_status(out, stop_reason, epochs=epoch, best_val=best, last_val=last_val, test_mae=test_mae,
+        write_status(out, stop_reason, epochs=epoch, best_val=best_mae, last_val=last_val, test_mae=test_mae,
                      message=nan_message)
-        log(f"stopped ({stop_reason}) after {epoch} epochs; best val MAE {best:.3f} meV; model in {out}")
+        log(f"stopped ({stop_reason}) after {epoch} epochs; best val MAE {best_mae:.3f} meV; model in {out}")
     return summary
