@@ -48,9 +48,7 @@ def ham():
 # options existed), Bessel basis + raw-feature head
 MODEL_VARIANTS = {"gaussian-normhead": dict(radial_basis="gaussian", head_norm=True),
                   "bessel-rawhead": dict(radial_basis="bessel", head_norm=False),
-                  "bessel-wide-head": dict(radial_basis="bessel", head_norm=False, head_hidden=12),
-                  "envelope-attention": dict(head_norm=False, attention="envelope"),
-                  "sum-aggregation": dict(head_norm=False, attention="sum")}
+                  "bessel-wide-head": dict(radial_basis="bessel", head_norm=False, head_hidden=12)}
 
 
 @pytest.fixture(scope="module", params=sorted(MODEL_VARIANTS))

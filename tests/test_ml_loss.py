@@ -182,3 +182,23 @@ def test_projected_band_loss_is_the_error_in_the_dft_eigenbasis(carbon_batch):
             huber = lambda r: np.where(np.abs(r) < 0.01, 0.5 * r * r, 0.01 * (np.abs(r) - 0.005))  # noqa: E731
             terms.append(huber(np.abs(D)).mean())
     assert float(loss) == pytest.approx(np.mean(terms), rel=1e-6)
+
+
+def test_onsite_entry_weights(carbon_batch):
+    """Weight w on the entries of the on-site blocks (0,0,0,i,i), 1 elsewhere; the loss is their weighted mean."""
+    from aiida_deeph.ml.loss import gauge_loss, gauge_residual, onsite_entry_weights
+
+    hams, g = carbon_batch
+    assert onsite_entry_weights(g, 1.0) is None
+    w = onsite_entry_weights(g, 10.0, torch.float64)
+    ap = np.concatenate([h.atom_pairs for h in hams])
+    onsite_pairs = (ap[:, 3] == ap[:, 4]) & ~ap[:, :3].any(axis=1)
+    sizes = np.concatenate([np.diff(h.offsets) for h in hams])
+    expected_onsite = sum(int(s) for s, o in zip(sizes, onsite_pairs) if o)
+    assert int((w == 10.0).sum()) == expected_onsite and int((w == 1.0).sum()) == w.numel() - expected_onsite
+    pred = g["H"] + 0.003 * torch.randn(g["H"].shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    r = gauge_residual(pred, g["H"], g["S"], g["entry_batch"], 2).abs()
+    per = torch.where(r < 0.01, 0.5 * r * r, 0.01 * (r - 0.005))
+    eb = g["entry_batch"]
+    manual = np.mean([float((per * w)[eb == b].sum() / w[eb == b].sum()) for b in range(2)])
+    assert float(gauge_loss(pred, g["H"], g["S"], eb, 2, weights=w)) == pytest.approx(manual, rel=1e-10)

@@ -39,6 +39,15 @@ def gauge_residual(pred, true, S, entry_batch, num_structures: int, correct: boo
     return pred - (true + dmu[entry_batch] * S)
 
 
+def onsite_entry_weights(g: dict, onsite_weight: float, dtype=torch.float32):
+    """Per-entry loss weights: ``onsite_weight`` for the entries of on-site blocks, 1 for hoppings (None
+    when ``onsite_weight`` is 1: the unweighted mean)."""
+    if onsite_weight == 1.0:
+        return None
+    onsite = (g["pair_kind"][g["entry_pair"]] == 0).to(dtype)
+    return 1.0 + (onsite_weight - 1.0) * onsite
+
+
 def _huber(r, delta):
     a = r.abs()
     return torch.where(a < delta, 0.5 * r * r, delta * (a - 0.5 * delta))

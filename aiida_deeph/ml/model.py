@@ -62,12 +62,6 @@ class ModelConfig:
     head_norm: bool = True                             # EquiLayerNorm before the output heads (False: raw features)
     head_hidden: int = 0                               # > 0: EquiLinear(channels -> head_hidden) + gate before the
                                                        # per-irrep read-out (more read-out features than channels/2)
-    # node aggregation: "softmax" (attention weights sum to 1 over a node's edges: a weighted mean),
-    # "envelope" (the same softmax with the edge's smooth cut-off envelope at rc_i + rc_j in its logits, so an
-    # atom crossing the cut-off enters continuously), "sum" (sigmoid weights times the envelope, summed and
-    # divided by avg_neighbors: extensive in the neighbours, as MACE/NequIP aggregate)
-    attention: str = "softmax"
-    avg_neighbors: float = 32.0
 
     # presets --------------------------------------------------------------------------------
     @classmethod
@@ -314,11 +308,7 @@ class BesselBasis(nn.Module):
         self.register_buffer("freq", torch.arange(1, num + 1, dtype=torch.float64) * math.pi / self.cutoff)
 
     def envelope(self, x: torch.Tensor) -> torch.Tensor:
-        return self.envelope_of(x, self.p)
-
-    @staticmethod
-    def envelope_of(x: torch.Tensor, p: int = 6) -> torch.Tensor:
-        """1 at 0, smoothly (value and two derivatives) to 0 at x = 1; 0 beyond."""
+        p = self.p
         env = (1.0 - (p + 1) * (p + 2) / 2 * x ** p + p * (p + 2) * x ** (p + 1) - p * (p + 1) / 2 * x ** (p + 2))
         return torch.where(x < 1.0, env, torch.zeros_like(x))
 
@@ -364,20 +354,14 @@ class TransformerBlock(nn.Module):
         head_of = torch.tensor([(c % h) * H // h for c in range(C)], dtype=torch.long)
         self.register_buffer("head_of", head_of, persistent=False)
 
-    def forward(self, x, e, D, rad, dst, src, env=None, attention: str = "softmax", avg_neighbors: float = 32.0):
+    def forward(self, x, e, D, rad, dst, src):
         N, E = x.shape[0], e.shape[0]
         xn, en = self.norm_node(x), self.norm_edge(e)
         h = cat_channels([xn[dst], xn[src], en])
         h = rotate(D, h)
         m = self.gate_msg(self.conv_msg(h, self.rad_msg(rad)))
         inv = m[:, self.m0, : self.C // 2].reshape(E, -1)          # natural m = 0 parts: invariant
-        logits = self.attn(inv)
-        if attention == "softmax":
-            alpha = scatter_softmax(logits, dst, N)                # (E, H)
-        elif attention == "envelope":
-            alpha = scatter_softmax(logits + torch.log(env.clamp_min(1e-30))[:, None], dst, N)
-        else:                                                      # "sum"
-            alpha = torch.sigmoid(logits) * (env[:, None] / avg_neighbors)
+        alpha = scatter_softmax(self.attn(inv), dst, N)            # (E, H)
         v = self.conv_val(m) * alpha[:, self.head_of][:, None, :]
         # the residual stream x stays in its own dtype (float32) under bf16 autocast
         agg = torch.zeros_like(x).index_add_(0, dst, rotate_back(D, v).to(x.dtype))
@@ -493,12 +477,6 @@ class DeepH2(nn.Module):
         self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.num_blocks)])
         self.head_onsite = WignerEckartHead(cfg, n_el)
         self.head_hop = WignerEckartHead(cfg, n_el * n_el)
-        if cfg.attention not in ("softmax", "envelope", "sum"):
-            raise ValueError(f"unknown attention {cfg.attention!r} (softmax, envelope, sum)")
-        # PAO cut-off radius per species (Angstrom): an edge's envelope goes to zero at rc_i + rc_j
-        rc = [float(cfg.cutoff_radius.get(el, 0.5 * cfg.max_pair_distance or 0.0)) for el in cfg.elements]
-        rc += [max(rc + [0.0])] * (n_el - len(rc))
-        self.register_buffer("rc_of", torch.tensor(rc, dtype=torch.float64), persistent=False)
         self.basis = BasisMap(cfg)
         self.register_buffer("l_of", l_of_coeff(L), persistent=False)
 
@@ -533,12 +511,8 @@ class DeepH2(nn.Module):
             sh = o3.spherical_harmonics(list(range(1, L + 1)), vec, normalize=True, normalization="component")
             w = self.edge_sh(rad).view(E, L, h)[:, self.l_of[1:] - 1, :]      # (E, S-1, h)
             e[:, 1:, :h] = sh[:, :, None] * w
-        env = None
-        if cfg.attention != "softmax":
-            rc_edge = (self.rc_of[z[dst]] + self.rc_of[z[src]]).to(dtype)
-            env = BesselBasis.envelope_of(dist / rc_edge.clamp_min(1e-6))
         for blk in self.blocks:
-            x, e = blk(x, e, D, rad, dst, src, env, cfg.attention, cfg.avg_neighbors)
+            x, e = blk(x, e, D, rad, dst, src)
 
         # heads, Wigner-Eckart and symmetrisation in the parameters' dtype, also under bf16 autocast (--amp)
         with torch.autocast(device_type=x.device.type, enabled=False):

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from .data import StructureDataset, discover, make_loader, scan_metadata, split_items, write_split
-from .loss import MetricAccumulator, band_errors, band_loss, gauge_loss, projected_band_loss
+from .loss import MetricAccumulator, band_errors, band_loss, gauge_loss, onsite_entry_weights, projected_band_loss
 
 # k-points of the validation band error (a Gamma-centred 2x2x2 mesh): it picks best.pt while a band term trains
 VAL_BAND_KPOINTS = np.array([[a, b, c] for a in (0.0, 0.5) for b in (0.0, 0.5) for c in (0.0, 0.5)])
@@ -108,6 +108,9 @@ class TrainConfig:
     # what the band term compares: "eigenvalues" (loss.band_loss), "projected" (loss.projected_band_loss:
     # the H error in the DFT eigenbasis) or "both" (their sum)
     band_loss_kind: str = "eigenvalues"
+    # weight of the on-site entries in the entry loss (1: every entry counts the same; on-site blocks are ~1 %
+    # of a carbon cell's entries but carry its largest errors: RESULTS.md)
+    onsite_loss_weight: float = 1.0
 
     def __post_init__(self):
         if self.band_loss_kind not in ("eigenvalues", "projected", "both"):
@@ -649,8 +652,9 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
                 pred = net(g)
             if pred.dtype in (torch.bfloat16, torch.float16):
                 pred = pred.float()
+            weights = onsite_entry_weights(g, tc.onsite_loss_weight, pred.dtype)
             loss = gauge_loss(pred, g["H"].to(pred.dtype), g["S"].to(pred.dtype), g["entry_batch"], len(names),
-                              kind=tc.loss, delta=tc.huber_delta)
+                              kind=tc.loss, delta=tc.huber_delta, weights=weights)
             band_w = tc.band_stage_weight if stage["active"] else tc.band_weight
             if band_w > 0:
                 gen = torch.Generator().manual_seed(int(tc.seed) * 1_000_003 + epoch * 10_007 + nb + rank * 7919)
