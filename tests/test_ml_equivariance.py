@@ -158,3 +158,45 @@ def test_hermiticity(ham, model):
     for p, (R1, R2, R3, i, j) in enumerate(ham.atom_pairs):
         q = index[(-R1, -R2, -R3, j, i)]
         assert np.abs(H[p] - H[q].T).max() < 1e-12
+
+
+def test_supercell_prediction_is_the_tiled_primitive_prediction(ham, model):
+    """Locality and translation consistency (issue 13): tiling a DFT H(R) onto a supercell is exact
+    (physics.bands.supercell), so a model's prediction for a 2x1x2 supercell must be its prediction for
+    the primitive cell, tiled: every block, to float64 precision."""
+    from aiida_deeph.physics.bands import supercell
+
+    reps = (2, 1, 2)
+    prim = ham.copy()
+    prim.hamiltonian = model.predict(ham)
+    tiled = supercell(prim, reps)
+    big = supercell(ham, reps)
+    assert big.num_atoms == 4 * ham.num_atoms and np.array_equal(big.atom_pairs, tiled.atom_pairs)
+    pred = model.predict(big)
+    scale = np.abs(tiled.hamiltonian).max()
+    assert scale > 1e-3
+    assert np.abs(pred - tiled.hamiltonian).max() < 1e-10 * scale
+
+
+def test_activation_checkpointing_gives_the_same_gradients(ham):
+    """TrainConfig.activation_checkpointing recomputes the blocks in the backward pass: same loss, same
+    gradients (float64), only less memory."""
+    from aiida_deeph.ml.loss import gauge_loss
+    from aiida_deeph.ml.model import collate_graphs, prepare_graph
+
+    torch.manual_seed(0)
+    ols, rc = basis_metadata(ham)
+    m = DeepH2(ModelConfig.preset("tiny", num_blocks=2, channels=8, head_norm=False).with_elements(ols, rc)).double()
+    g = collate_graphs([prepare_graph(ham, m.basis)])
+    grads = []
+    for flag in (False, True):
+        m.activation_checkpointing = flag
+        m.zero_grad()
+        pred = m(g)
+        loss = gauge_loss(pred, g["H"].double(), g["S"].double(), g["entry_batch"], 1)
+        loss.backward()
+        grads.append((float(loss), [p.grad.clone() for p in m.parameters() if p.grad is not None]))
+    assert grads[0][0] == grads[1][0]
+    assert len(grads[0][1]) == len(grads[1][1]) > 0
+    for a, b in zip(grads[0][1], grads[1][1]):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from .harmonics import ls_from_multiplicity, orbital_count, orbital_positions, union_multiplicity
@@ -479,6 +480,8 @@ class DeepH2(nn.Module):
         self.head_hop = WignerEckartHead(cfg, n_el * n_el)
         self.basis = BasisMap(cfg)
         self.register_buffer("l_of", l_of_coeff(L), persistent=False)
+        # a run-time switch (not part of the saved configuration): TrainConfig.activation_checkpointing
+        self.activation_checkpointing = False
 
     # ---------------------------------------------------------------------------------------
     def forward(self, g: dict) -> torch.Tensor:
@@ -512,7 +515,12 @@ class DeepH2(nn.Module):
             w = self.edge_sh(rad).view(E, L, h)[:, self.l_of[1:] - 1, :]      # (E, S-1, h)
             e[:, 1:, :h] = sh[:, :, None] * w
         for blk in self.blocks:
-            x, e = blk(x, e, D, rad, dst, src)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # keep only the block's inputs; its activations are recomputed in the backward pass
+                # (same result, less memory for large cells: benchmarks/bench_large_cell.py)
+                x, e = torch.utils.checkpoint.checkpoint(blk, x, e, D, rad, dst, src, use_reentrant=False)
+            else:
+                x, e = blk(x, e, D, rad, dst, src)
 
         # heads, Wigner-Eckart and symmetrisation in the parameters' dtype, also under bf16 autocast (--amp)
         with torch.autocast(device_type=x.device.type, enabled=False):

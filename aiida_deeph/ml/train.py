@@ -111,6 +111,9 @@ class TrainConfig:
     # weight of the on-site entries in the entry loss (1: every entry counts the same; on-site blocks are ~1 %
     # of a carbon cell's entries but carry its largest errors: RESULTS.md)
     onsite_loss_weight: float = 1.0
+    # recompute each transformer block's activations in the backward pass instead of keeping them: the same
+    # gradients with less memory (a 150-atom cell at the paper preset: benchmarks/RESULTS.md)
+    activation_checkpointing: bool = False
 
     def __post_init__(self):
         if self.band_loss_kind not in ("eigenvalues", "projected", "both"):
@@ -494,6 +497,7 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
             log("on-site reference from the training data (atoms used): "
                 + ", ".join(f"{e} {n}" for e, n in used.items()))
     model = model.to(device=device, dtype=dtype)
+    model.activation_checkpointing = bool(tc.activation_checkpointing)
     nparams = model.num_parameters()
     opt = make_optimizer(model, tc)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=tc.lr_factor, patience=tc.lr_patience)
