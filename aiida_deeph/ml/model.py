@@ -556,7 +556,8 @@ class DeepH2(nn.Module):
         """Flat predicted H (eV, float64 numpy) for a PackedHamiltonian (needs its atom pairs only)."""
         g = collate_graphs([prepare_graph(ham, self.basis, with_targets=False)])
         g = graph_to(g, device=device)
-        return self(g).detach().to("cpu", torch.float64).numpy()
+        with torch.no_grad():      # no autograd graph: a prediction keeps no activations (1000-atom cells)
+            return self(g).to("cpu", torch.float64).numpy()
 
 
 @torch.no_grad()
