@@ -101,15 +101,32 @@ def _symmetric_noise(ham, scale, seed):
     return out
 
 
-def test_band_loss_is_gauge_invariant_and_zero_for_the_truth(carbon_batch):
-    from aiida_deeph.ml.loss import band_loss
+@pytest.mark.parametrize("name", ["band_loss", "projected_band_loss"])
+def test_band_losses_are_gauge_invariant_and_zero_for_the_truth(carbon_batch, name):
+    from aiida_deeph.ml import loss as losses
 
     _, g = carbon_batch
     eb = g["entry_batch"]
     c = torch.tensor([0.7, -1.3], dtype=torch.float64)
     shifted = g["H"] + c[eb] * g["S"]          # the same physics: every eigenvalue moves by c
-    loss = band_loss(shifted, g, 2, num_k=2, generator=torch.Generator().manual_seed(1))
+    loss = getattr(losses, name)(shifted, g, 2, num_k=2, generator=torch.Generator().manual_seed(1))
     assert float(loss) < 1e-16
+
+
+def _noisy_prediction(hams, loss_fn, g, **kw):
+    """Symmetric 3 meV noise on the DFT H as the prediction; ``loss_fn`` of it must have a finite, non-zero
+    gradient. Returns (noisy hamiltonians, prediction tensor, loss)."""
+    noisy = [_symmetric_noise(h, 0.003, seed) for seed, h in enumerate(hams)]
+    pred = torch.cat([torch.from_numpy(n.hamiltonian) for n in noisy]).requires_grad_(True)
+    loss = loss_fn(pred, g, 2, **kw)
+    loss.backward()
+    assert torch.isfinite(pred.grad).all() and float(pred.grad.abs().max()) > 0
+    return noisy, pred, loss
+
+
+def _huber_np(r, delta=0.01):
+    a = np.abs(r)
+    return np.where(a < delta, 0.5 * a * a, delta * (a - 0.5 * delta))
 
 
 def test_band_loss_equals_the_band_solver(carbon_batch):
@@ -118,11 +135,7 @@ def test_band_loss_equals_the_band_solver(carbon_batch):
     from aiida_deeph.physics.bands import band_energies
 
     hams, g = carbon_batch
-    noisy = [_symmetric_noise(h, 0.003, seed) for seed, h in enumerate(hams)]
-    pred = torch.cat([torch.from_numpy(n.hamiltonian) for n in noisy]).requires_grad_(True)
-    loss = band_loss(pred, g, 2, num_k=3, generator=torch.Generator().manual_seed(5))
-    loss.backward()
-    assert torch.isfinite(pred.grad).all() and float(pred.grad.abs().max()) > 0
+    noisy, pred, loss = _noisy_prediction(hams, band_loss, g, num_k=3, generator=torch.Generator().manual_seed(5))
     kpts = torch.rand(3, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)   # the same draw
     dmu = gauge_shift(pred.detach(), g["H"], g["S"], g["entry_batch"], 2).numpy()
     terms = []
@@ -134,9 +147,7 @@ def test_band_loss_equals_the_band_solver(carbon_batch):
             keep = np.abs(et[k] - ham.fermi_energy_eV) <= 3.0
             if not keep.any():          # skipped by band_loss too
                 continue
-            r = ep[k][keep] - et[k][keep]
-            a = np.abs(r)
-            terms.append(np.mean(np.where(a < 0.01, 0.5 * r * r, 0.01 * (a - 0.005))))
+            terms.append(np.mean(_huber_np(ep[k][keep] - et[k][keep])))
     assert float(loss) == pytest.approx(np.mean(terms), rel=1e-6)
 
 
@@ -148,16 +159,6 @@ def _after(seed, draws):
     return gen
 
 
-def test_projected_band_loss_is_gauge_invariant_and_zero_for_the_truth(carbon_batch):
-    from aiida_deeph.ml.loss import projected_band_loss
-
-    _, g = carbon_batch
-    c = torch.tensor([0.7, -1.3], dtype=torch.float64)
-    shifted = g["H"] + c[g["entry_batch"]] * g["S"]
-    loss = projected_band_loss(shifted, g, 2, num_k=2, generator=torch.Generator().manual_seed(1))
-    assert float(loss) < 1e-16
-
-
 def test_projected_band_loss_is_the_error_in_the_dft_eigenbasis(carbon_batch):
     """D = C^H dH(k) C with scipy's generalised eigenvectors (C^H S C = 1), weighted as documented."""
     import scipy.linalg as sl
@@ -165,11 +166,8 @@ def test_projected_band_loss_is_the_error_in_the_dft_eigenbasis(carbon_batch):
     from aiida_deeph.ml.loss import gauge_shift, projected_band_loss
 
     hams, g = carbon_batch
-    noisy = [_symmetric_noise(h, 0.003, seed) for seed, h in enumerate(hams)]
-    pred = torch.cat([torch.from_numpy(n.hamiltonian) for n in noisy]).requires_grad_(True)
-    loss = projected_band_loss(pred, g, 2, num_k=2, generator=torch.Generator().manual_seed(3))
-    loss.backward()
-    assert torch.isfinite(pred.grad).all() and float(pred.grad.abs().max()) > 0
+    noisy, pred, loss = _noisy_prediction(hams, projected_band_loss, g, num_k=2,
+                                          generator=torch.Generator().manual_seed(3))
     gen = torch.Generator().manual_seed(3)
     dmu = gauge_shift(pred.detach(), g["H"], g["S"], g["entry_batch"], 2).numpy()
     terms = []
@@ -179,8 +177,7 @@ def test_projected_band_loss_is_the_error_in_the_dft_eigenbasis(carbon_batch):
             e, C = sl.eigh(Hk, Sk)
             w = (1 + np.abs(e - ham.fermi_energy_eV) / 3.0) ** -0.5
             D = (C * w).conj().T @ (n.matrix_at_k(k) - Hk - dmu[b] * Sk) @ (C * w)
-            huber = lambda r: np.where(np.abs(r) < 0.01, 0.5 * r * r, 0.01 * (np.abs(r) - 0.005))  # noqa: E731
-            terms.append(huber(np.abs(D)).mean())
+            terms.append(_huber_np(np.abs(D)).mean())
     assert float(loss) == pytest.approx(np.mean(terms), rel=1e-6)
 
 

@@ -99,6 +99,32 @@ def _phases(R, kpts, cdtype):
     return torch.exp(1j * (2 * math.pi) * (R @ kpts.T).to(cdtype))          # (entries, k)
 
 
+def _true_problems(g: dict, num_structures: int, dtype, kpoints):
+    """For every structure with a Fermi level and each of its k-points: ``(b, fermi, sel, n, flat, ph, Lc, A)``
+    with the phases ``ph`` of its entries, the Cholesky factor ``Lc`` of the true S(k) and the true
+    orthogonalised ``A = L^-1 H L^-H`` (both without gradient). ``kpoints()`` gives a structure's (k, 3)
+    fractional k-points; it is called once per structure, after the Fermi-level check (random draws keep
+    their order)."""
+    true, S = g["H"].to(dtype), g["S"].to(dtype)
+    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    for b in range(num_structures):
+        fermi = float(g["fermi"][b])
+        if not math.isfinite(fermi):
+            continue
+        sel, n, flat, R = _kspace(g, b, dtype)
+        phase = _phases(R, kpoints(), cdtype)
+        for kk in range(phase.shape[1]):
+            ph = phase[:, kk]
+            with torch.no_grad():
+                Lc = _cholesky_of(_at_k(S[sel], flat, n, ph))
+                A = _orthogonalised(_at_k(true[sel], flat, n, ph), Lc)
+            yield b, fermi, sel, n, flat, ph, Lc, A
+
+
+def _random_kpoints(num_k: int, generator, pred):
+    return lambda: torch.rand(num_k, 3, generator=generator, dtype=pred.dtype).to(pred.device)
+
+
 def band_loss(pred, g: dict, num_structures: int, num_k: int = 2, window_eV: float = 3.0, delta: float = 0.01,
               generator=None):
     """Huber loss of the band energies of the predicted H at ``num_k`` random k-points per structure.
@@ -111,28 +137,17 @@ def band_loss(pred, g: dict, num_structures: int, num_k: int = 2, window_eV: flo
     its share of the entry-wise loss. Needs the ``with_kspace`` fields of :func:`prepare_graph`;
     structures without a Fermi level are skipped. Returns a scalar (0 when nothing was compared).
     """
-    true, S, eb = g["H"].to(pred.dtype), g["S"].to(pred.dtype), g["entry_batch"]
-    dmu = gauge_shift(pred.detach(), true, S, eb, num_structures)
-    cdtype = torch.complex128 if pred.dtype == torch.float64 else torch.complex64
+    dmu = gauge_shift(pred.detach(), g["H"].to(pred.dtype), g["S"].to(pred.dtype), g["entry_batch"], num_structures)
     total, count = pred.new_zeros(()), 0
-    for b in range(num_structures):
-        fermi = float(g["fermi"][b])
-        if not math.isfinite(fermi):
+    for b, fermi, sel, n, flat, ph, Lc, A in _true_problems(g, num_structures, pred.dtype,
+                                                            _random_kpoints(num_k, generator, pred)):
+        et = torch.linalg.eigvalsh(A)
+        keep = (et - fermi).abs() <= window_eV
+        if not bool(keep.any()):
             continue
-        sel, n, flat, R = _kspace(g, b, pred.dtype)
-        kpts = torch.rand(num_k, 3, generator=generator, dtype=pred.dtype).to(pred.device)
-        phase = _phases(R, kpts, cdtype)
-        for kk in range(num_k):
-            ph = phase[:, kk]
-            with torch.no_grad():
-                Lc = _cholesky_of(_at_k(S[sel], flat, n, ph))
-                et = torch.linalg.eigvalsh(_orthogonalised(_at_k(true[sel], flat, n, ph), Lc))
-                keep = (et - fermi).abs() <= window_eV
-            if not bool(keep.any()):
-                continue
-            ep = torch.linalg.eigvalsh(_orthogonalised(_at_k(pred[sel], flat, n, ph), Lc))
-            total = total + _huber((ep - dmu[b] - et)[keep], delta).mean()
-            count += 1
+        ep = torch.linalg.eigvalsh(_orthogonalised(_at_k(pred[sel], flat, n, ph), Lc))
+        total = total + _huber((ep - dmu[b] - et)[keep], delta).mean()
+        count += 1
     return total / max(count, 1)
 
 
@@ -150,28 +165,19 @@ def projected_band_loss(pred, g: dict, num_structures: int, num_k: int = 2, wind
     zero only where the predicted H is exact in every direction. Gauge-invariant (``dmu``); the Huber
     function acts on ``|D_nm|``, so the eigenvectors' phases do not matter.
     """
-    true, S, eb = g["H"].to(pred.dtype), g["S"].to(pred.dtype), g["entry_batch"]
-    dmu = gauge_shift(pred.detach(), true, S, eb, num_structures)
-    cdtype = torch.complex128 if pred.dtype == torch.float64 else torch.complex64
+    true, S = g["H"].to(pred.dtype), g["S"].to(pred.dtype)
+    dmu = gauge_shift(pred.detach(), true, S, g["entry_batch"], num_structures)
+    err = pred - true - dmu[g["entry_batch"]] * S
     total, count = pred.new_zeros(()), 0
-    for b in range(num_structures):
-        fermi = float(g["fermi"][b])
-        if not math.isfinite(fermi):
-            continue
-        sel, n, flat, R = _kspace(g, b, pred.dtype)
-        kpts = torch.rand(num_k, 3, generator=generator, dtype=pred.dtype).to(pred.device)
-        phase = _phases(R, kpts, cdtype)
-        err = pred[sel] - true[sel] - dmu[b] * S[sel]
-        for kk in range(num_k):
-            ph = phase[:, kk]
-            with torch.no_grad():
-                Lc = _cholesky_of(_at_k(S[sel], flat, n, ph))
-                e, U = torch.linalg.eigh(_orthogonalised(_at_k(true[sel], flat, n, ph), Lc))
-                C = torch.linalg.solve_triangular(Lc.conj().T, U, upper=True)          # C = L^-H U
-                Cw = C * (1.0 + (e - fermi).abs() / window_eV).rsqrt().to(cdtype)[None, :]
-            D = Cw.conj().T @ _at_k(err, flat, n, ph) @ Cw
-            total = total + _huber(D.abs(), delta).mean()
-            count += 1
+    for b, fermi, sel, n, flat, ph, Lc, A in _true_problems(g, num_structures, pred.dtype,
+                                                            _random_kpoints(num_k, generator, pred)):
+        with torch.no_grad():
+            e, U = torch.linalg.eigh(A)
+            C = torch.linalg.solve_triangular(Lc.conj().T, U, upper=True)          # C = L^-H U
+            Cw = C * (1.0 + (e - fermi).abs() / window_eV).rsqrt().to(C.dtype)[None, :]
+        D = Cw.conj().T @ _at_k(err[sel], flat, n, ph) @ Cw
+        total = total + _huber(D.abs(), delta).mean()
+        count += 1
     return total / max(count, 1)
 
 
@@ -181,24 +187,15 @@ def band_errors(pred, g: dict, num_structures: int, kpts, window_eV: float = 3.0
     over the bands whose true energy is within E_F +- ``window_eV`` (bands matched by index from the
     bottom, as ``aiida-deeph bands`` users compare them). Structures without a Fermi level count 0."""
     pred = pred.detach().to(torch.float64)
-    true, S, eb = g["H"].to(pred), g["S"].to(pred), g["entry_batch"]
-    dmu = gauge_shift(pred, true, S, eb, num_structures)
+    dmu = gauge_shift(pred, g["H"].to(pred), g["S"].to(pred), g["entry_batch"], num_structures)
     sums, counts = np.zeros(num_structures), np.zeros(num_structures, dtype=np.int64)
     kpts = torch.as_tensor(np.asarray(kpts), dtype=pred.dtype, device=pred.device)
-    for b in range(num_structures):
-        fermi = float(g["fermi"][b])
-        if not math.isfinite(fermi):
-            continue
-        sel, n, flat, R = _kspace(g, b, pred.dtype)
-        phase = _phases(R, kpts, torch.complex128)
-        for kk in range(len(kpts)):
-            ph = phase[:, kk]
-            Lc = _cholesky_of(_at_k(S[sel], flat, n, ph))
-            et = torch.linalg.eigvalsh(_orthogonalised(_at_k(true[sel], flat, n, ph), Lc))
-            ep = torch.linalg.eigvalsh(_orthogonalised(_at_k(pred[sel], flat, n, ph), Lc)) - dmu[b]
-            keep = (et - fermi).abs() <= window_eV
-            sums[b] += float((ep - et)[keep].abs().sum())
-            counts[b] += int(keep.sum())
+    for b, fermi, sel, n, flat, ph, Lc, A in _true_problems(g, num_structures, pred.dtype, lambda: kpts):
+        et = torch.linalg.eigvalsh(A)
+        ep = torch.linalg.eigvalsh(_orthogonalised(_at_k(pred[sel], flat, n, ph), Lc)) - dmu[b]
+        keep = (et - fermi).abs() <= window_eV
+        sums[b] += float((ep - et)[keep].abs().sum())
+        counts[b] += int(keep.sum())
     return sums, counts
 
 
