@@ -100,25 +100,28 @@ def _phases(R, kpts, cdtype):
 
 
 def _true_problems(g: dict, num_structures: int, dtype, kpoints):
-    """For every structure with a Fermi level and each of its k-points: ``(b, fermi, sel, n, flat, ph, Lc, A)``
-    with the phases ``ph`` of its entries, the Cholesky factor ``Lc`` of the true S(k) and the true
-    orthogonalised ``A = L^-1 H L^-H`` (both without gradient). ``kpoints()`` gives a structure's (k, 3)
+    """For every structure with a Fermi level: ``(b, fermi, sel, n, flat, at_k)``, where ``at_k`` yields for each
+    of its k-points ``(ph, Lc, A)``: the phases of its entries, the Cholesky factor of the true S(k) and the
+    true orthogonalised ``A = L^-1 H L^-H`` (both without gradient). ``kpoints()`` gives a structure's (k, 3)
     fractional k-points; it is called once per structure, after the Fermi-level check (random draws keep
     their order)."""
     true, S = g["H"].to(dtype), g["S"].to(dtype)
     cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-    for b in range(num_structures):
-        fermi = float(g["fermi"][b])
-        if not math.isfinite(fermi):
-            continue
-        sel, n, flat, R = _kspace(g, b, dtype)
-        phase = _phases(R, kpoints(), cdtype)
+
+    def at_k(sel, n, flat, phase):
         for kk in range(phase.shape[1]):
             ph = phase[:, kk]
             with torch.no_grad():
                 Lc = _cholesky_of(_at_k(S[sel], flat, n, ph))
                 A = _orthogonalised(_at_k(true[sel], flat, n, ph), Lc)
-            yield b, fermi, sel, n, flat, ph, Lc, A
+            yield ph, Lc, A
+
+    for b in range(num_structures):
+        fermi = float(g["fermi"][b])
+        if not math.isfinite(fermi):
+            continue
+        sel, n, flat, R = _kspace(g, b, dtype)
+        yield b, fermi, sel, n, flat, at_k(sel, n, flat, _phases(R, kpoints(), cdtype))
 
 
 def _random_kpoints(num_k: int, generator, pred):
@@ -139,15 +142,17 @@ def band_loss(pred, g: dict, num_structures: int, num_k: int = 2, window_eV: flo
     """
     dmu = gauge_shift(pred.detach(), g["H"].to(pred.dtype), g["S"].to(pred.dtype), g["entry_batch"], num_structures)
     total, count = pred.new_zeros(()), 0
-    for b, fermi, sel, n, flat, ph, Lc, A in _true_problems(g, num_structures, pred.dtype,
-                                                            _random_kpoints(num_k, generator, pred)):
-        et = torch.linalg.eigvalsh(A)
-        keep = (et - fermi).abs() <= window_eV
-        if not bool(keep.any()):
-            continue
-        ep = torch.linalg.eigvalsh(_orthogonalised(_at_k(pred[sel], flat, n, ph), Lc))
-        total = total + _huber((ep - dmu[b] - et)[keep], delta).mean()
-        count += 1
+    for b, fermi, sel, n, flat, at_k in _true_problems(g, num_structures, pred.dtype,
+                                                       _random_kpoints(num_k, generator, pred)):
+        pred_b = pred[sel]
+        for ph, Lc, A in at_k:
+            et = torch.linalg.eigvalsh(A)
+            keep = (et - fermi).abs() <= window_eV
+            if not bool(keep.any()):
+                continue
+            ep = torch.linalg.eigvalsh(_orthogonalised(_at_k(pred_b, flat, n, ph), Lc))
+            total = total + _huber((ep - dmu[b] - et)[keep], delta).mean()
+            count += 1
     return total / max(count, 1)
 
 
@@ -167,17 +172,18 @@ def projected_band_loss(pred, g: dict, num_structures: int, num_k: int = 2, wind
     """
     true, S = g["H"].to(pred.dtype), g["S"].to(pred.dtype)
     dmu = gauge_shift(pred.detach(), true, S, g["entry_batch"], num_structures)
-    err = pred - true - dmu[g["entry_batch"]] * S
     total, count = pred.new_zeros(()), 0
-    for b, fermi, sel, n, flat, ph, Lc, A in _true_problems(g, num_structures, pred.dtype,
-                                                            _random_kpoints(num_k, generator, pred)):
-        with torch.no_grad():
-            e, U = torch.linalg.eigh(A)
-            C = torch.linalg.solve_triangular(Lc.conj().T, U, upper=True)          # C = L^-H U
-            Cw = C * (1.0 + (e - fermi).abs() / window_eV).rsqrt().to(C.dtype)[None, :]
-        D = Cw.conj().T @ _at_k(err[sel], flat, n, ph) @ Cw
-        total = total + _huber(D.abs(), delta).mean()
-        count += 1
+    for b, fermi, sel, n, flat, at_k in _true_problems(g, num_structures, pred.dtype,
+                                                       _random_kpoints(num_k, generator, pred)):
+        err = pred[sel] - true[sel] - dmu[b] * S[sel]
+        for ph, Lc, A in at_k:
+            with torch.no_grad():
+                e, U = torch.linalg.eigh(A)
+                C = torch.linalg.solve_triangular(Lc.conj().T, U, upper=True)          # C = L^-H U
+                Cw = C * (1.0 + (e - fermi).abs() / window_eV).rsqrt().to(C.dtype)[None, :]
+            D = Cw.conj().T @ _at_k(err, flat, n, ph) @ Cw
+            total = total + _huber(D.abs(), delta).mean()
+            count += 1
     return total / max(count, 1)
 
 
@@ -190,12 +196,14 @@ def band_errors(pred, g: dict, num_structures: int, kpts, window_eV: float = 3.0
     dmu = gauge_shift(pred, g["H"].to(pred), g["S"].to(pred), g["entry_batch"], num_structures)
     sums, counts = np.zeros(num_structures), np.zeros(num_structures, dtype=np.int64)
     kpts = torch.as_tensor(np.asarray(kpts), dtype=pred.dtype, device=pred.device)
-    for b, fermi, sel, n, flat, ph, Lc, A in _true_problems(g, num_structures, pred.dtype, lambda: kpts):
-        et = torch.linalg.eigvalsh(A)
-        ep = torch.linalg.eigvalsh(_orthogonalised(_at_k(pred[sel], flat, n, ph), Lc)) - dmu[b]
-        keep = (et - fermi).abs() <= window_eV
-        sums[b] += float((ep - et)[keep].abs().sum())
-        counts[b] += int(keep.sum())
+    for b, fermi, sel, n, flat, at_k in _true_problems(g, num_structures, pred.dtype, lambda: kpts):
+        pred_b = pred[sel]
+        for ph, Lc, A in at_k:
+            et = torch.linalg.eigvalsh(A)
+            ep = torch.linalg.eigvalsh(_orthogonalised(_at_k(pred_b, flat, n, ph), Lc)) - dmu[b]
+            keep = (et - fermi).abs() <= window_eV
+            sums[b] += float((ep - et)[keep].abs().sum())
+            counts[b] += int(keep.sum())
     return sums, counts
 
 
