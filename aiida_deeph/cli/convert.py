@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     openmx.add_argument("out_dir", metavar="OUT_DIR")
     openmx.add_argument("--format", choices=("dock", "legacy", "packed"), default="dock")
     openmx.add_argument("--density-matrix", action="store_true", help="also write the density matrix")
+    openmx.add_argument("--position-matrix", action="store_true",
+                        help="also write the position matrix <i|r|j,R> (position_matrix.h5, Angstrom, absolute "
+                             "Cartesian, as DeepH-dock's --export-r): needed by 'aiida-deeph optics'")
     openmx.add_argument("--allow-unconverged", action="store_true",
                         help="convert even if the .out shows an unconverged SCF")
     openmx.set_defaults(func=run_convert_openmx)
@@ -33,16 +36,20 @@ def run_convert_openmx(args) -> int:
     from aiida_deeph.io.dock import write_dock, write_legacy
     from aiida_deeph.io.openmx import load_openmx_run
 
-    ham = load_openmx_run(args.run_dir, require_out=True, load_density_matrix=args.density_matrix)
+    ham = load_openmx_run(args.run_dir, require_out=True, load_density_matrix=args.density_matrix,
+                          load_position_matrix=args.position_matrix)
     if ham.meta.get("scf_converged") is False and not args.allow_unconverged:
         raise CliError(f"{args.run_dir}: the SCF did not converge (use --allow-unconverged to convert anyway)")
-    include = ("hamiltonian", "overlap") + (("density_matrix",) if args.density_matrix else ())
+    include = (("hamiltonian", "overlap") + (("density_matrix",) if args.density_matrix else ())
+               + (("position_matrix",) if args.position_matrix else ()))
     out = Path(args.out_dir)
     if args.format == "dock":
         write_dock(ham, out, include=include)
     elif args.format == "legacy":
         if not args.density_matrix:
             ham.density_matrix = None
+        if args.position_matrix:
+            raise CliError("--position-matrix is written in the dock and packed formats, not in 'legacy'")
         write_legacy(ham, out)
     else:
         ham.save(out, name=ham.meta.get("mp_id") or Path(args.run_dir).resolve().name)

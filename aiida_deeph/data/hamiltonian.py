@@ -13,7 +13,7 @@ from itertools import combinations_with_replacement
 import numpy as np
 from aiida.orm import Data
 
-from aiida_deeph.io.packed import FORMAT_VERSION, PackedFile, PackedHamiltonian
+from aiida_deeph.io.packed import ARRAY_NAMES, FORMAT_VERSION, PackedFile, PackedHamiltonian
 
 FILENAME = "hamiltonian.h5"
 
@@ -30,7 +30,7 @@ class HamiltonianData(Data):
     pair of elements joined by at least one stored atom pair), ``num_atoms``, ``num_orbitals``,
     ``num_pairs``, ``num_entries``, ``fermi_energy`` (eV), ``num_electrons``, ``basis`` (element ->
     OpenMX basis string), ``orbital_ls``, ``source`` ('DFT', 'model' or 'PAO overlap'), ``mp_id``,
-    ``has_hamiltonian``, ``has_overlap``, ``has_density_matrix``, ``file_size`` (bytes),
+    ``has_hamiltonian``, ``has_overlap``, ``has_density_matrix``, ``has_position_matrix``, ``file_size`` (bytes),
     ``scf_steps``, ``scf_converged``, ``cell`` and ``symbols`` (per atom), ``all_finite`` (no NaN/Inf
     in the stored arrays) and ``min_onsite_overlap_diagonal`` (smallest diagonal entry of the on-site
     overlap blocks, about 1 for normalized PAOs; None without S), so that sanity checks need no file.
@@ -76,6 +76,7 @@ class HamiltonianData(Data):
             "has_hamiltonian": packed.hamiltonian is not None,
             "has_overlap": packed.overlap is not None,
             "has_density_matrix": packed.density_matrix is not None,
+            "has_position_matrix": packed.position_matrix is not None,
             "file_size": size,
             "scf_steps": meta.get("scf_steps"),
             "scf_converged": meta.get("scf_converged"),
@@ -89,7 +90,7 @@ class HamiltonianData(Data):
             self.base.attributes.set(key, value)
 
     # ------------------------------------------------------------------ reading
-    def get_packed(self, load=("hamiltonian", "overlap", "density_matrix")) -> PackedHamiltonian:
+    def get_packed(self, load=ARRAY_NAMES) -> PackedHamiltonian:
         """The stored arrays as a :class:`PackedHamiltonian` (read straight from the repository stream)."""
         version = self.base.attributes.get("format_version", 1)
         if version > FORMAT_VERSION:
@@ -111,7 +112,7 @@ class HamiltonianData(Data):
 
         packed = self.get_packed()
         if fmt == "dock":
-            include = [n for n in ("hamiltonian", "overlap", "density_matrix") if getattr(packed, n) is not None]
+            include = [n for n in ARRAY_NAMES if getattr(packed, n) is not None]
             return write_dock(packed, folder, include=tuple(include))
         if fmt == "legacy":
             return write_legacy(packed, folder)
@@ -145,7 +146,7 @@ class HamiltonianData(Data):
 def array_checks(packed: PackedHamiltonian) -> dict:
     """``all_finite`` (no NaN/Inf in the arrays present) and ``min_onsite_overlap_diagonal`` (smallest
     diagonal entry of the on-site (R = 0, i = j) overlap blocks; None without S)."""
-    arrays = (packed.hamiltonian, packed.overlap, packed.density_matrix)
+    arrays = [getattr(packed, name) for name in ARRAY_NAMES]
     checks = {"all_finite": all(bool(np.isfinite(a).all()) for a in arrays if a is not None),
               "min_onsite_overlap_diagonal": None}
     if packed.overlap is not None:

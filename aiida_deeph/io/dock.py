@@ -1,9 +1,10 @@
 """DeepH-dock and legacy DeepH-pack folders <-> packed Hamiltonian (pure Python, no aiida).
 
 DeepH-dock folder (one structure): ``POSCAR`` (Cartesian, Angstrom, atoms grouped by species),
-``info.json``, ``overlap.h5`` and optionally ``hamiltonian.h5`` / ``density_matrix.h5``, each with
-datasets ``atom_pairs`` (P, 5) ``[R1, R2, R3, i, j]`` (0-based), ``chunk_boundaries`` (P + 1),
-``chunk_shapes`` (P, 2) and ``entries`` (flat float64). Orbitals inside a block in real-harmonic
+``info.json``, ``overlap.h5`` and optionally ``hamiltonian.h5`` / ``density_matrix.h5`` /
+``position_matrix.h5``, each with datasets ``atom_pairs`` (P, 5) ``[R1, R2, R3, i, j]`` (0-based),
+``chunk_boundaries`` (P + 1), ``chunk_shapes`` (P, 2) and ``entries`` (flat float64; (3, E) for the
+position matrix: x, y, z of ``<i, 0 | r | j, R>`` in Angstrom, absolute Cartesian). Orbitals inside a block in real-harmonic
 order m = -l..l (OpenMX's p indexed by [1, 2, 0], d by [2, 4, 0, 3, 1]; no sign changes).
 See docs/deeph-dock-format.md.
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .packed import PackedHamiltonian, entry_gather_index, symbol_to_z, z_to_symbol
+from .packed import ARRAY_NAMES, PackedHamiltonian, entry_gather_index, symbol_to_z, z_to_symbol
 
 DOCK_FORMAT_VERSION = 1  # our own marker inside info.json ("aiida_deeph" section)
 
@@ -90,8 +91,8 @@ def reorder_atoms(ham: PackedHamiltonian, new_to_old: np.ndarray) -> PackedHamil
         cell=ham.cell.copy(), positions=ham.positions[new_to_old].copy(),
         species=[ham.species[a] for a in new_to_old], orbital_ls=dict(ham.orbital_ls),
         atom_pairs=ap, offsets=ham.offsets.copy(), hamiltonian=ham.hamiltonian, overlap=ham.overlap,
-        density_matrix=ham.density_matrix, fermi_energy_eV=ham.fermi_energy_eV,
-        num_electrons=ham.num_electrons, meta=dict(ham.meta),
+        density_matrix=ham.density_matrix, position_matrix=ham.position_matrix,
+        fermi_energy_eV=ham.fermi_energy_eV, num_electrons=ham.num_electrons, meta=dict(ham.meta),
     )
     return out.sorted()
 
@@ -153,7 +154,8 @@ def read_poscar(path) -> tuple:
 
 
 # ---------------------------------------------------------------------- DeepH-dock
-_DOCK_FILES = {"hamiltonian": "hamiltonian.h5", "overlap": "overlap.h5", "density_matrix": "density_matrix.h5"}
+_DOCK_FILES = {"hamiltonian": "hamiltonian.h5", "overlap": "overlap.h5", "density_matrix": "density_matrix.h5",
+               "position_matrix": "position_matrix.h5"}
 
 
 def write_dock(ham: PackedHamiltonian, folder, include=("hamiltonian", "overlap")) -> Path:
@@ -195,13 +197,15 @@ def write_dock(ham: PackedHamiltonian, folder, include=("hamiltonian", "overlap"
                 h5.create_dataset("atom_pairs", data=grouped.atom_pairs.astype(np.int64))
                 h5.create_dataset("chunk_boundaries", data=grouped.offsets.astype(np.int64))
                 h5.create_dataset("chunk_shapes", data=shapes)
-                h5.create_dataset("entries", data=data.astype(np.float64))
+                # the position matrix is (E, 3) inside, (3, E) in DeepH-dock's position_matrix.h5
+                h5.create_dataset("entries", data=np.ascontiguousarray(data.T if data.ndim == 2 else data,
+                                                                       dtype=np.float64))
 
     _atomic_write_dir(Path(folder), writer)
     return Path(folder)
 
 
-def read_dock(folder, load=("hamiltonian", "overlap", "density_matrix"), restore_order: bool = True) -> PackedHamiltonian:
+def read_dock(folder, load=ARRAY_NAMES, restore_order: bool = True) -> PackedHamiltonian:
     """Read a DeepH-dock folder into packed form (OpenMX orbital order).
 
     With ``restore_order`` the atom order recorded by aiida-deeph (if any) is restored, so that
@@ -223,9 +227,9 @@ def read_dock(folder, load=("hamiltonian", "overlap", "density_matrix"), restore
     arrays, atom_pairs, offsets = {}, None, None
     # with nothing (or nothing present) to load, the pair set still comes from overlap.h5 or hamiltonian.h5
     pairs_only = not any((folder / _DOCK_FILES[n]).is_file() for n in load if n in _DOCK_FILES)
-    for name in ("overlap", "hamiltonian", "density_matrix"):
+    for name in ("overlap", "hamiltonian", "density_matrix", "position_matrix"):
         path = folder / _DOCK_FILES[name]
-        wanted = name in load or (pairs_only and atom_pairs is None and name != "density_matrix")
+        wanted = name in load or (pairs_only and atom_pairs is None and name in ("overlap", "hamiltonian"))
         if not wanted or not path.is_file():
             continue
         with h5py.File(path, "r") as h5:
@@ -235,6 +239,10 @@ def read_dock(folder, load=("hamiltonian", "overlap", "density_matrix"), restore
                 atom_pairs, offsets = ap, cb
                 continue
             entries = h5["entries"][()].astype(np.float64)
+        if name == "position_matrix":
+            if entries.ndim != 2 or entries.shape[0] != 3:
+                raise DockFormatError(f"{path}: entries has shape {entries.shape}, expected (3, E)")
+            entries = entries.T
         if atom_pairs is None:
             atom_pairs, offsets = ap, cb
         elif not (np.array_equal(ap, atom_pairs) and np.array_equal(cb, offsets)):

@@ -47,6 +47,13 @@ def species_from_input(text: str) -> tuple:
     return symbols, pao_of, vps_of
 
 
+def absolute_position_matrix(relative: np.ndarray, overlap: np.ndarray, pairs: np.ndarray, offsets: np.ndarray,
+                             positions: np.ndarray) -> np.ndarray:
+    """``<i,0|r|j,R> = <i,0|r - tau_i|j,R> + tau_i S`` (E, 3): OpenMX's bra-relative OLPpo made absolute."""
+    pair_of_entry = np.repeat(np.arange(len(pairs)), np.diff(offsets))
+    return relative + overlap[:, None] * positions[pairs[pair_of_entry, 3]]
+
+
 def scfout_to_packed(scf: Scfout, meta: dict | None = None) -> PackedHamiltonian:
     """Convert a parsed .scfout into the packed format (eV, Angstrom, OpenMX orbital order)."""
     symbols, pao_of, vps_of = species_from_input(scf.input_text)
@@ -72,6 +79,8 @@ def scfout_to_packed(scf: Scfout, meta: dict | None = None) -> PackedHamiltonian
         hamiltonian=scf.hamiltonian * HARTREE_TO_EV,
         overlap=scf.overlap,
         density_matrix=scf.density_matrix,
+        position_matrix=None if scf.position_matrix is None else absolute_position_matrix(
+            scf.position_matrix.T * BOHR_TO_ANGSTROM, scf.overlap, pairs, offsets, scf.gxyz * BOHR_TO_ANGSTROM),
         fermi_energy_eV=scf.chemical_potential * HARTREE_TO_EV,
         num_electrons=scf.valence_electrons,
         meta={
@@ -114,8 +123,12 @@ def read_text(path) -> str:
         return handle.read()
 
 
-def load_openmx_run(run_dir, require_out: bool = True, load_density_matrix: bool = False) -> PackedHamiltonian:
-    """Read an OpenMX run folder (``<name>.scfout`` and ``<name>.out``, optionally .xz) into packed form."""
+def load_openmx_run(run_dir, require_out: bool = True, load_density_matrix: bool = False,
+                    load_position_matrix: bool = False) -> PackedHamiltonian:
+    """Read an OpenMX run folder (``<name>.scfout`` and ``<name>.out``, optionally .xz) into packed form.
+
+    ``load_position_matrix``: also OpenMX's position-operator overlaps (``position_matrix``, Angstrom,
+    absolute Cartesian)."""
     files = find_run_files(run_dir)
     if "scfout" not in files:
         raise OpenmxRunError(f"{run_dir}: no .scfout file (was HS.fileout on?)")
@@ -129,7 +142,8 @@ def load_openmx_run(run_dir, require_out: bool = True, load_density_matrix: bool
         meta["scf_converged"] = info.get("scf_converged")
         meta["scf_steps"] = info.get("scf_steps")
     try:
-        scf = read_scfout(files["scfout"], load_density_matrix=load_density_matrix)
+        scf = read_scfout(files["scfout"], load_density_matrix=load_density_matrix,
+                          load_position_matrix=load_position_matrix)
     except ScfoutError:
         raise
     return scfout_to_packed(scf, meta=meta)

@@ -8,6 +8,8 @@ One structure = atom pairs + block offsets + flat entries:
 - ``offsets`` (P + 1,) int64: block p is ``entries[offsets[p]:offsets[p+1]]`` reshaped row-major
   to ``(norb(i), norb(j))``.
 - ``hamiltonian`` / ``overlap`` / ``density_matrix``: flat float64 entries (H in eV), any may be None.
+- ``position_matrix`` (optional): (E, 3) float64, ``<i, 0 | r | j, R>`` in Angstrom, absolute Cartesian
+  (OpenMX's bra-atom-relative ``OLPpo`` plus ``tau_i S``, as DeepH-dock's ``position_matrix.h5``).
 - Orbitals inside an atom in OpenMX order (l outer, then zeta, then m; p = x, y, z;
   d = 3z2-r2, x2-y2, xy, xz, yz). Conversions to other orders happen at the edges (``dock.py``).
 
@@ -26,6 +28,7 @@ from typing import Iterator
 import numpy as np
 
 FORMAT_NAME = "aiida-deeph-packed"
+ARRAY_NAMES = ("hamiltonian", "overlap", "density_matrix", "position_matrix")  # the optional per-entry arrays
 FORMAT_VERSION = 1
 
 # Periodic table up to Kr (enough for the 24 elements of the project; extend when needed).
@@ -68,6 +71,7 @@ class PackedHamiltonian:
     hamiltonian: np.ndarray | None = None   # (E,) float64, eV
     overlap: np.ndarray | None = None       # (E,) float64
     density_matrix: np.ndarray | None = None
+    position_matrix: np.ndarray | None = None  # (E, 3) Angstrom, absolute Cartesian <i,0|r|j,R>
     fermi_energy_eV: float | None = None
     num_electrons: float | None = None
     meta: dict = field(default_factory=dict)  # free-form: mp_id, source, basis names, ...
@@ -84,6 +88,8 @@ class PackedHamiltonian:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, np.asarray(value, dtype=np.float64).reshape(-1))
+        if self.position_matrix is not None:
+            self.position_matrix = np.asarray(self.position_matrix, dtype=np.float64).reshape(-1, 3)
 
     @staticmethod
     def offsets_for(atom_pairs: np.ndarray, norb_per_atom: np.ndarray) -> np.ndarray:
@@ -166,6 +172,9 @@ class PackedHamiltonian:
             value = getattr(self, name)
             if value is not None and value.shape[0] != self.num_entries:
                 raise PackedFormatError(f"{name} has {value.shape[0]} entries, expected {self.num_entries}")
+        if self.position_matrix is not None and self.position_matrix.shape != (self.num_entries, 3):
+            raise PackedFormatError(
+                f"position_matrix has shape {self.position_matrix.shape}, expected ({self.num_entries}, 3)")
         if len({tuple(r) for r in self.atom_pairs.tolist()}) != self.num_pairs:
             raise PackedFormatError("duplicate atom pairs")
 
@@ -188,8 +197,8 @@ class PackedHamiltonian:
             cell=self.cell.copy(), positions=self.positions.copy(), species=list(self.species),
             orbital_ls={k: list(v) for k, v in self.orbital_ls.items()}, atom_pairs=ap, offsets=offsets,
             hamiltonian=take(self.hamiltonian), overlap=take(self.overlap),
-            density_matrix=take(self.density_matrix), fermi_energy_eV=self.fermi_energy_eV,
-            num_electrons=self.num_electrons, meta=dict(self.meta),
+            density_matrix=take(self.density_matrix), position_matrix=take(self.position_matrix),
+            fermi_energy_eV=self.fermi_energy_eV, num_electrons=self.num_electrons, meta=dict(self.meta),
         )
 
     # ------------------------------------------------------------------ k space
@@ -237,7 +246,7 @@ class PackedHamiltonian:
         group.create_dataset("atomic_numbers", data=self.atomic_numbers.astype(np.int32))
         group.create_dataset("atom_pairs", data=self.atom_pairs.astype(np.int32), **(kw if self.num_pairs > 64 else {}))
         group.create_dataset("offsets", data=self.offsets, **(kw if self.num_pairs > 64 else {}))
-        for name in ("hamiltonian", "overlap", "density_matrix"):
+        for name in ARRAY_NAMES:
             value = getattr(self, name)
             if value is not None:
                 group.create_dataset(name, data=value, **(kw if value.size > 1024 else {}))
@@ -250,7 +259,7 @@ class PackedHamiltonian:
         group.attrs["meta"] = json.dumps(self.meta)
 
     @classmethod
-    def read_group(cls, group, load=("hamiltonian", "overlap", "density_matrix")) -> "PackedHamiltonian":
+    def read_group(cls, group, load=ARRAY_NAMES) -> "PackedHamiltonian":
         species = [z_to_symbol(z) for z in group["atomic_numbers"][()]]
 
         def maybe(name):
@@ -265,7 +274,7 @@ class PackedHamiltonian:
             cell=group["cell"][()], positions=group["positions"][()], species=species,
             orbital_ls=json.loads(group.attrs["orbital_ls"]), atom_pairs=group["atom_pairs"][()],
             offsets=group["offsets"][()], hamiltonian=maybe("hamiltonian"), overlap=maybe("overlap"),
-            density_matrix=maybe("density_matrix"),
+            density_matrix=maybe("density_matrix"), position_matrix=maybe("position_matrix"),
             fermi_energy_eV=None if np.isnan(fermi) else fermi,
             num_electrons=None if np.isnan(nel) else nel,
             meta=json.loads(group.attrs.get("meta", "{}")),
@@ -369,7 +378,7 @@ class PackedFile:
     def __len__(self) -> int:
         return len(self._h5["structures"])
 
-    def read(self, name: str, load=("hamiltonian", "overlap", "density_matrix")) -> PackedHamiltonian:
+    def read(self, name: str, load=ARRAY_NAMES) -> PackedHamiltonian:
         try:
             group = self._h5["structures"][name]
         except KeyError:

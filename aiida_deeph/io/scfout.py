@@ -50,6 +50,8 @@ class Scfout:
     total_spin: float
     input_text: str
     byteorder: str            # '<' or '>'
+    # (3, E) Bohr: OLPpo[x/y/z][order 0] = <i|(r - tau_i)|j,R>, relative to the bra atom (None unless asked)
+    position_matrix: np.ndarray | None = None
 
     def pairs(self) -> np.ndarray:
         """(P, 5) [R1, R2, R3, i, j] in the file's block order."""
@@ -97,10 +99,10 @@ class _Cursor:
         return out.astype(dt.newbyteorder("="), copy=True) if self.order != "=" else out
 
 
-def read_scfout(path, load_density_matrix: bool = True) -> Scfout:
+def read_scfout(path, load_density_matrix: bool = True, load_position_matrix: bool = False) -> Scfout:
     """Read an OpenMX 3.9 .scfout (optionally ``.xz``-compressed)."""
     name = os.fspath(path)
-    return _parse(_open_bytes(path), name, load_density_matrix)[0]
+    return _parse(_open_bytes(path), name, load_density_matrix, load_position_matrix)[0]
 
 
 def swap_byte_order(buf: bytes) -> bytes:
@@ -115,7 +117,7 @@ def swap_byte_order(buf: bytes) -> bytes:
     return bytes(out)
 
 
-def _parse(buf: bytes, name: str, load_density_matrix: bool):
+def _parse(buf: bytes, name: str, load_density_matrix: bool, load_position_matrix: bool = False):
     if len(buf) < 28:
         raise ScfoutError(f"{name}: too short to be an OpenMX .scfout ({len(buf)} bytes)")
     order = None
@@ -163,7 +165,13 @@ def _parse(buf: bytes, name: str, load_density_matrix: bool):
     if spin == 3:
         cur.take("f8", block_size * 3)
     olp = cur.take("f8", block_size)
-    cur.take("f8", block_size * (3 * order_max + 3))
+    # OLPpo: for direction x, y, z: for order 1..order_max (r, r^2, ...); then OLPmo x, y, z
+    olppo = cur.take("f8", block_size * 3 * order_max)
+    if order_max >= 1:
+        olppo = olppo.reshape(3, order_max, block_size)[:, 0]
+    elif load_position_matrix:
+        raise ScfoutError(f"{name}: the .scfout holds no position matrix (order_max = 0)")
+    cur.take("f8", block_size * 3)
     dm = cur.take("f8", block_size * n_h)[:block_size]
     cur.take("f8", block_size * 2)
     solver = int(cur.take("i4", 1)[0])
@@ -184,4 +192,5 @@ def _parse(buf: bytes, name: str, load_density_matrix: bool):
         density_matrix=np.array(dm) if load_density_matrix else None, solver=solver,
         chemical_potential=float(tail[0]), temperature=float(tail[1]), valence_electrons=float(tail[8]),
         total_spin=float(tail[9]), input_text="\n".join(lines), byteorder=order,
+        position_matrix=np.array(olppo) if load_position_matrix else None,
     ), cur

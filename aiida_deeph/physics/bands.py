@@ -662,13 +662,21 @@ def supercell(ham: PackedHamiltonian, repeats) -> PackedHamiltonian:
     def tile(a):
         return None if a is None else np.tile(a, nt)
 
+    position_matrix = None
+    if ham.position_matrix is not None:
+        # tile the bra-relative <i|r - tau_i|j,R> (translation invariant), then add tau_i' S for the images
+        pair_of_entry = np.repeat(np.arange(ham.num_pairs), np.diff(ham.offsets))
+        relative = ham.position_matrix - ham.overlap[:, None] * ham.positions[ap[pair_of_entry, 3]]
+        new_pair_of_entry = np.repeat(np.arange(len(pairs)), np.diff(offsets))
+        position_matrix = (np.tile(relative, (nt, 1)) + np.tile(ham.overlap, nt)[:, None]
+                           * positions.reshape(-1, 3)[pairs[new_pair_of_entry, 3]])
     meta = dict(ham.meta)
     meta["supercell"] = n.tolist()
     out = PackedHamiltonian(
         cell=ham.cell * n[:, None], positions=positions.reshape(-1, 3), species=species,
         orbital_ls={k: list(v) for k, v in ham.orbital_ls.items()}, atom_pairs=pairs, offsets=offsets,
         hamiltonian=tile(ham.hamiltonian), overlap=tile(ham.overlap), density_matrix=tile(ham.density_matrix),
-        fermi_energy_eV=ham.fermi_energy_eV,
+        position_matrix=position_matrix, fermi_energy_eV=ham.fermi_energy_eV,
         num_electrons=None if ham.num_electrons is None else float(ham.num_electrons) * nt, meta=meta,
     )
     return out.sorted()

@@ -1,0 +1,134 @@
+"""``aiida-deeph dos``: total and projected density of states of a DeepH-dock folder (no aiida).
+
+dos.json keys: ``energy_eV`` (absolute, the zero of H), ``fermi_energy_eV``, ``total`` (states/eV/cell,
+spin included), ``projected`` ({element: {l: [...]}}, Mulliken), ``method``, ``sigma_eV``, ``mesh``,
+``num_kpoints``, ``num_electrons``, ``integrated_to_fermi`` (states below E_F on the grid; with
+``states_below_grid`` they add up to the electron count) and the
+solver's S(k) figures; see :mod:`aiida_deeph.physics.dos`.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from .errors import CliError
+
+
+def load_hs(folder, extra=()):
+    """A DeepH-dock folder's H and S (and ``extra`` arrays) with one-line errors for what is missing."""
+    from ..io.dock import is_dock_folder, read_dock
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CliError(f"input folder {folder} not found")
+    if not is_dock_folder(folder):
+        raise CliError(f"{folder} is not a DeepH-dock folder (POSCAR, info.json, overlap.h5, hamiltonian.h5)")
+    if not (folder / "hamiltonian.h5").is_file():
+        raise CliError(f"{folder} has no hamiltonian.h5: an overlap-only folder from `aiida-deeph overlap` must "
+                       "first go through `aiida-deeph predict`")
+    return read_dock(folder, load=("hamiltonian", "overlap") + tuple(extra))
+
+
+def write_json(path, payload) -> Path:
+    import json
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1, allow_nan=False))
+    os.replace(tmp, path)
+    return path
+
+
+def plot_dos(result: dict, path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    e = np.asarray(result["energy_eV"]) - result["fermi_energy_eV"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot(e, result["total"], color="black", lw=1.4, label="total")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    c = 0
+    for el, by_l in result["projected"].items():
+        for l, values in by_l.items():
+            ax.plot(e, values, lw=1.0, color=colors[c % len(colors)], label=f"{el} {l}")
+            c += 1
+    ax.axvline(0.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlim(e[0], e[-1])
+    ax.set_ylim(0, None)
+    ax.set_xlabel(r"$E - E_\mathrm{F}$ (eV)")
+    ax.set_ylabel("DOS (states / eV / cell)")
+    method = result["method"] + (f", $\\sigma$ = {result['sigma_eV']:g} eV" if result.get("sigma_eV") else "")
+    ax.set_title(f"{title or result['formula']}: {'x'.join(map(str, result['mesh']))} mesh, {method}", fontsize=10)
+    ax.legend(fontsize=8, frameon=False, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def run(args) -> int:
+    from ..physics.dos import density_of_states, integrated
+
+    t0 = time.perf_counter()
+    ham = load_hs(args.input)
+    result = density_of_states(
+        ham, mesh=args.mesh, spacing=args.spacing, sigma=args.sigma, method=args.method, grid=args.grid,
+        window=tuple(args.window), num_electrons=args.electrons, projected=not args.no_projected,
+        s_threshold=args.s_threshold, basis_table=args.basis,
+    )
+    result["integrated_to_fermi"] = integrated(result)
+    result["input"] = str(Path(args.input).resolve())
+    result["timings_s"] = {"total": time.perf_counter() - t0}
+    out = write_json(args.output, result)
+    if args.plot:
+        plot_dos(result, args.plot)
+    if not args.quiet:
+        print(f"{result['formula']}: DOS on a {'x'.join(map(str, result['mesh']))} mesh ({result['method']}), "
+              f"E_F = {result['fermi_energy_eV']:.4f} eV; states below E_F: {result['integrated_to_fermi']:.3f} on "
+              f"the grid + {result['states_below_grid']:.3f} below it ({result['num_electrons']:g} electrons); "
+              f"{result['timings_s']['total']:.2f} s; "
+              f"written to {out}" + (f" and {args.plot}" if args.plot else ""), file=sys.stdout)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "dos", help="total and projected density of states of a DeepH-dock folder (H and S)",
+        description="Density of states on a Gamma-centred k-mesh (k = m/n, as DeepH-dock's), Gaussian "
+        "broadening or the tetrahedron method (libtetrabz), projected per element and l (Mulliken). "
+        "Energies are absolute (the zero of H); the DOS is in states/eV/cell with spin.",
+    )
+    p.add_argument("--input", required=True, help="DeepH-dock structure folder (info.json, POSCAR, overlap.h5, hamiltonian.h5)")
+    mesh = p.add_mutually_exclusive_group()
+    mesh.add_argument("--mesh", type=int, nargs=3, metavar=("N1", "N2", "N3"), default=None,
+                      help="Gamma-centred k-mesh (default: from --spacing)")
+    mesh.add_argument("--spacing", type=float, default=None,
+                      help="k-mesh ceil(|b_i|/spacing), |b_i| in 1/Angstrom with 2 pi (DeepH-dock's "
+                           "--kp-density; default 0.1)")
+    p.add_argument("--method", choices=("gaussian", "tetrahedron"), default="gaussian",
+                   help="Gaussian broadening (default) or the linear tetrahedron method")
+    p.add_argument("--sigma", type=float, default=0.1,
+                   help="standard deviation of the normalised Gaussian (eV, default 0.1)")
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--grid", type=float, nargs=3, metavar=("EMIN", "EMAX", "N"), default=None,
+                      help="absolute energy grid: N points from EMIN to EMAX (eV)")
+    grid.add_argument("--window", type=float, nargs=2, metavar=("EMIN", "EMAX"), default=(-10.0, 10.0),
+                      help="energy grid relative to E_F (eV, default -10 10, step 0.01 eV)")
+    p.add_argument("--electrons", type=float, default=None,
+                   help="valence electrons (default: the folder's info.json, else the basis table)")
+    p.add_argument("--basis", default="corpus", help="basis protocol for the electron count (default corpus)")
+    p.add_argument("--s-threshold", type=float, default=1e-7,
+                   help="drop S(k) eigenvectors below this (default 1e-7: none for a DFT overlap)")
+    p.add_argument("--no-projected", action="store_true", help="total DOS only (faster)")
+    p.add_argument("--output", required=True, help="dos.json to write")
+    p.add_argument("--plot", default=None, help="also write a PNG plot of the DOS")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(func=run)

@@ -1,0 +1,152 @@
+"""Properties from H and S: position matrices from the .scfout, the density of states (issue 14)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from aiida_deeph.cli.main import main
+from aiida_deeph.io.dock import read_dock, write_dock
+from aiida_deeph.io.openmx import load_openmx_run
+from aiida_deeph.physics.bands import band_energies, supercell
+from aiida_deeph.physics.dos import DosError, density_of_states, integrated
+from aiida_deeph.physics.kspace import KSpaceError, gamma_mesh
+
+from .conftest import corpus_dir
+
+
+def _run(mp_id, **kw):
+    return load_openmx_run(corpus_dir() / mp_id, **kw)
+
+
+@pytest.fixture(scope="module")
+def nacl():
+    return _run("mp-22862", load_position_matrix=True)
+
+
+def _hermiticity_error(ham) -> tuple:
+    """max |P_ij(R) - P_ji(-R) - R S_ji(-R)| (what <i,0|r|j,R> = <j,R|r|i,0> demands) and max |P|."""
+    index = ham.pair_index() if callable(ham.pair_index) else ham.pair_index
+    worst = 0.0
+    for p, (r1, r2, r3, i, j) in enumerate(ham.atom_pairs):
+        q = index[(-r1, -r2, -r3, j, i)]
+        rcart = np.array([r1, r2, r3]) @ ham.cell
+        a = ham.position_matrix[ham.offsets[p]:ham.offsets[p + 1]].reshape(*ham.block_shape(p), 3)
+        b = ham.position_matrix[ham.offsets[q]:ham.offsets[q + 1]].reshape(*ham.block_shape(q), 3).transpose(1, 0, 2)
+        s = ham.overlap[ham.offsets[q]:ham.offsets[q + 1]].reshape(ham.block_shape(q)).T
+        worst = max(worst, float(np.abs(a - b - rcart * s[..., None]).max()))
+    return worst, float(np.abs(ham.position_matrix).max())
+
+
+def test_position_matrix_is_the_absolute_hermitian_r(nacl):
+    """OpenMX's OLPpo is bra-relative; made absolute (+ tau_i S) it obeys <i,0|r|j,R> = <j,R|r|i,0>, to the
+    accuracy of OpenMX's real-space grid (measured 4e-4 A); the bra-relative values would miss by tau."""
+    assert nacl.position_matrix.shape == (nacl.num_entries, 3)
+    worst, scale = _hermiticity_error(nacl)
+    assert worst < 2e-3 and scale > 1.0
+    # on-site diagonal <i|r|i> is the atom's position (a centred, normalised orbital)
+    onsite = next(p for p, r in enumerate(nacl.atom_pairs) if r[3] == r[4] == 1 and not r[:3].any())
+    block = nacl.position_matrix[nacl.offsets[onsite]:nacl.offsets[onsite + 1]].reshape(*nacl.block_shape(onsite), 3)
+    np.testing.assert_allclose(block[0, 0], nacl.positions[1], atol=2e-3)
+
+
+def test_position_matrix_survives_dock_packed_and_supercell(nacl, tmp_path):
+    write_dock(nacl, tmp_path / "dock", include=("hamiltonian", "overlap", "position_matrix"))
+    back = read_dock(tmp_path / "dock")
+    np.testing.assert_array_equal(back.position_matrix, nacl.position_matrix)
+    nacl.save(tmp_path / "p.h5")
+    np.testing.assert_array_equal(type(nacl).load(tmp_path / "p.h5").position_matrix, nacl.position_matrix)
+    big = supercell(nacl, (2, 1, 1))
+    worst, _ = _hermiticity_error(big)
+    assert worst < 2e-3
+    # bra atom in image t (t * a1 from home): the same block shifted by t a1 S
+    index = big.pair_index() if callable(big.pair_index) else big.pair_index
+    natom = nacl.num_atoms
+    for p0 in range(0, nacl.num_pairs, 7):
+        r1, r2, r3, i, j = (int(x) for x in nacl.atom_pairs[p0])
+        for t in (0, 1):
+            target = t + r1
+            q = index[(target // 2, r2, r3, t * natom + i, (target % 2) * natom + j)]
+            want = (nacl.position_matrix[nacl.offsets[p0]:nacl.offsets[p0 + 1]]
+                    + t * nacl.overlap[nacl.offsets[p0]:nacl.offsets[p0 + 1], None] * nacl.cell[0])
+            np.testing.assert_allclose(big.position_matrix[big.offsets[q]:big.offsets[q + 1]], want, atol=1e-12)
+
+
+def test_convert_position_matrix_cli(tmp_path, capsys):
+    out = tmp_path / "si"
+    assert main(["convert", "openmx", str(corpus_dir() / "mp-1550"), str(out), "--position-matrix"]) == 0
+    import h5py
+
+    with h5py.File(out / "position_matrix.h5") as h5:
+        assert h5["entries"].shape[0] == 3 and h5["atom_pairs"].shape[1] == 5
+    assert main(["convert", "openmx", str(corpus_dir() / "mp-1550"), str(tmp_path / "leg"), "--format", "legacy",
+                 "--position-matrix"]) != 0
+    assert "not in 'legacy'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- DOS
+def _reference_gaussian_dos(ham, mesh, egrid, sigma):
+    """Independent: band_energies (the band solver) on the Gamma mesh, normalised Gaussians summed by numpy."""
+    e = band_energies(ham, gamma_mesh(mesh)).eigenvalues
+    g = np.exp(-0.5 * ((egrid[None, :] - e.reshape(-1, 1)) / sigma) ** 2) / (np.sqrt(2 * np.pi) * sigma)
+    return 2.0 * g.sum(axis=0) / len(e)
+
+
+@pytest.mark.parametrize("mp_id", ["mp-22862", "mp-134"])   # NaCl (insulator), Al (metal)
+def test_gaussian_dos_matches_independent_sum_and_counts_electrons(mp_id):
+    ham = _run(mp_id)
+    e_lo = float(band_energies(ham, [[0, 0, 0]]).eigenvalues.min()) - 2.0
+    grid = (e_lo, ham.fermi_energy_eV + 2.0, 1201)
+    res = density_of_states(ham, mesh=(5, 5, 5), sigma=0.15, grid=grid)
+    egrid = np.asarray(res["energy_eV"])
+    np.testing.assert_allclose(res["total"], _reference_gaussian_dos(ham, (5, 5, 5), egrid, 0.15), atol=1e-10)
+    # integrated DOS up to E_F equals the electron count
+    assert abs(integrated(res) + res["states_below_grid"] - ham.num_electrons) < 5e-3
+    assert res["states_below_grid"] < 1e-3
+    # projections (Mulliken) add up to the total
+    psum = sum(np.asarray(v) for by_l in res["projected"].values() for v in by_l.values())
+    np.testing.assert_allclose(psum, res["total"], atol=1e-9 * max(res["total"]))
+    assert set(res["projected"]) == set(ham.species)
+
+
+def test_tetrahedron_dos_counts_electrons_and_tracks_gaussian():
+    ham = _run("mp-134")   # fcc Al, a metal
+    lo = float(band_energies(ham, [[0, 0, 0]]).eigenvalues.min()) - 1.0
+    tet = density_of_states(ham, mesh=(8, 8, 8), method="tetrahedron", grid=(lo, ham.fermi_energy_eV + 3, 1501))
+    assert abs(integrated(tet) + tet["states_below_grid"] - ham.num_electrons) < 5e-3
+    assert abs(tet["fermi_energy_eV"] - ham.fermi_energy_eV) < 0.15     # OpenMX's E_F, on another mesh
+    gau = density_of_states(ham, mesh=(8, 8, 8), sigma=0.3, grid=(lo, ham.fermi_energy_eV + 3, 1501))
+    # the two methods count the same states up to any energy, within the broadening's blur
+    step = tet["energy_eV"][1] - tet["energy_eV"][0]
+    assert np.abs(np.cumsum(np.asarray(tet["total"]) - np.asarray(gau["total"])) * step).max() < 0.1
+
+
+def test_dos_bad_input():
+    ham = _run("mp-1550")
+    with pytest.raises(DosError, match="too coarse for the tetrahedron"):
+        density_of_states(ham, mesh=(2, 4, 4), method="tetrahedron")
+    with pytest.raises(DosError, match="sigma must be positive"):
+        density_of_states(ham, mesh=(2, 2, 2), sigma=0.0)
+    with pytest.raises(DosError, match="EMIN < EMAX"):
+        density_of_states(ham, mesh=(2, 2, 2), grid=(1.0, 0.0, 10))
+    broken = ham.copy()
+    broken.overlap = -broken.overlap
+    with pytest.raises(KSpaceError, match="not positive definite"):
+        density_of_states(broken, mesh=(2, 2, 2))
+
+
+def test_dos_cli_writes_json_and_plot(tmp_path, capsys):
+    folder = tmp_path / "alp"
+    write_dock(_run("mp-1550"), folder)
+    out = tmp_path / "dos.json"
+    assert main(["dos", "--input", str(folder), "--mesh", "4", "4", "4", "--sigma", "0.2", "--output", str(out),
+                 "--plot", str(tmp_path / "dos.png")]) == 0
+    res = json.loads(out.read_text())
+    for key in ("energy_eV", "fermi_energy_eV", "total", "projected"):
+        assert key in res
+    assert set(res["projected"]) == {"Al", "P"} and set(res["projected"]["P"]) == {"s", "p", "d"}
+    assert (tmp_path / "dos.png").stat().st_size > 10_000
+    assert "states below E_F" in capsys.readouterr().out
+    assert main(["dos", "--input", str(tmp_path / "none"), "--output", str(out)]) == 1
+    assert "not found" in capsys.readouterr().err
