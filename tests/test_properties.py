@@ -150,3 +150,84 @@ def test_dos_cli_writes_json_and_plot(tmp_path, capsys):
     assert "states below E_F" in capsys.readouterr().out
     assert main(["dos", "--input", str(tmp_path / "none"), "--output", str(out)]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- optics
+@pytest.fixture(scope="module")
+def alp():
+    return _run("mp-1550", load_position_matrix=True)   # zincblende AlP, an insulator (PBE gap 1.7 eV)
+
+
+def _moved_atom(ham, atom, n):
+    """The same crystal with ``atom`` moved by the lattice vector n (its home cell relabelled)."""
+    from aiida_deeph.io.packed import PackedHamiltonian
+
+    shift = np.zeros((ham.num_atoms, 3), dtype=np.int64)
+    shift[atom] = n
+    ap = ham.atom_pairs.copy()
+    ap[:, :3] += shift[ap[:, 3]] - shift[ap[:, 4]]
+    pair_of_entry = np.repeat(np.arange(ham.num_pairs), np.diff(ham.offsets))
+    return PackedHamiltonian(
+        cell=ham.cell, positions=ham.positions + shift @ ham.cell, species=ham.species, orbital_ls=ham.orbital_ls,
+        atom_pairs=ap, offsets=ham.offsets, hamiltonian=ham.hamiltonian, overlap=ham.overlap,
+        position_matrix=ham.position_matrix + ham.overlap[:, None] * (shift[ap[pair_of_entry, 3]] @ ham.cell),
+        num_electrons=ham.num_electrons, fermi_energy_eV=ham.fermi_energy_eV).sorted()
+
+
+def test_chi_is_isotropic_and_gauge_invariant_for_a_cubic_insulator(alp):
+    from aiida_deeph.physics.optics import susceptibility
+
+    res = susceptibility(alp, (6, 6, 6), num_omega=41, omega_max=8.0)
+    chi0 = np.asarray(res["chi0"])
+    assert np.abs(chi0 - np.diag(np.diag(chi0))).max() < 0.02 * chi0[0, 0]          # cubic: isotropic
+    assert np.ptp(np.diag(chi0)) < 0.01 * chi0[0, 0]
+    assert 6.0 < res["eps_inf"] < 12.0
+    # the same crystal with one atom moved by a lattice vector: same chi (tau_i S in P and the Bloch gauge)
+    moved = susceptibility(_moved_atom(alp, 1, (1, 0, -1)), (6, 6, 6), num_omega=41, omega_max=8.0)
+    np.testing.assert_allclose(moved["chi0"], res["chi0"], atol=1e-7)
+    np.testing.assert_allclose(moved["chi"]["imag"], res["chi"]["imag"], atol=1e-7)
+    # ...which a bra-relative position matrix (OpenMX's raw OLPpo) would not give
+    pair_of_entry = np.repeat(np.arange(alp.num_pairs), np.diff(alp.offsets))
+    relative = alp.copy()
+    relative.position_matrix = alp.position_matrix - alp.overlap[:, None] * alp.positions[alp.atom_pairs[pair_of_entry, 3]]
+    assert abs(susceptibility(relative, (6, 6, 6), num_omega=2)["eps_inf"] - res["eps_inf"]) > 0.1
+    # and the position-matrix term is not small: dH/dk - E dS/dk alone gives another answer
+    no_a = alp.copy()
+    no_a.position_matrix = np.zeros_like(alp.position_matrix)
+    assert abs(susceptibility(no_a, (6, 6, 6), num_omega=2)["eps_inf"] - res["eps_inf"]) > 0.1
+
+
+def test_chi_static_limit_and_kramers_kronig(alp):
+    """Re chi(0) at small eta is chi0; and chi0 = (2/pi) int Im chi(w) / w dw (Kramers-Kronig)."""
+    from aiida_deeph.physics.optics import susceptibility
+
+    res = susceptibility(alp, (4, 4, 4), eta=0.02, omega_max=40.0, num_omega=16001)
+    w = np.asarray(res["omega_eV"])
+    im = np.asarray(res["chi"]["imag"])[:, 0, 0]
+    chi0 = res["chi0"][0][0]
+    assert abs(res["chi"]["real"][0][0][0] - chi0) < 2e-3 * chi0
+    kk = 2.0 / np.pi * np.trapezoid(im[1:] / w[1:], w[1:])
+    assert abs(kk - chi0) < 0.02 * chi0
+
+
+def test_optics_bad_input_and_cli(alp, tmp_path, capsys):
+    from aiida_deeph.physics.optics import OpticsError, susceptibility
+
+    with pytest.raises(OpticsError, match="no whole number of bands"):
+        susceptibility(_run("mp-134", load_position_matrix=True), (4, 4, 4))      # Al
+    with pytest.raises(OpticsError, match="is a metal on the"):
+        susceptibility(_run("mp-92", load_position_matrix=True), (4, 4, 4))       # metallic Si polymorph
+    with pytest.raises(OpticsError, match="no position matrix"):
+        susceptibility(_run("mp-1550"), (4, 4, 4))
+    folder = tmp_path / "alp"
+    write_dock(alp, folder, include=("hamiltonian", "overlap", "position_matrix"))
+    out = tmp_path / "chi.json"
+    assert main(["optics", "--input", str(folder), "--mesh", "4", "4", "4", "--num-omega", "51", "--output", str(out),
+                 "--plot", str(tmp_path / "chi.png")]) == 0
+    res = json.loads(out.read_text())
+    assert {"omega_eV", "chi", "chi0", "eps_inf"} <= set(res)
+    assert np.asarray(res["chi"]["real"]).shape == (51, 3, 3)
+    assert "eps_inf" in capsys.readouterr().out and (tmp_path / "chi.png").is_file()
+    write_dock(alp, tmp_path / "bare")
+    assert main(["optics", "--input", str(tmp_path / "bare"), "--output", str(out)]) == 1
+    assert "--position-matrix" in capsys.readouterr().err
