@@ -173,17 +173,10 @@ _BATCH_BYTES = 64 * 2 ** 20
 
 def _real_space_stack(ham: PackedHamiltonian):
     """Dense M(R) stacks (nR, n, n) of H and S, and the distinct lattice vectors R (nR, 3)."""
-    rows, cols, pair_of_entry = ham.entry_rows_cols()
-    rvec, r_of_pair = np.unique(ham.atom_pairs[:, :3], axis=0, return_inverse=True)
-    r_of_pair = r_of_pair.reshape(-1)
-    n = ham.num_orbitals
-    flat = (r_of_pair[pair_of_entry] * n + rows) * n + cols
-    out = []
-    for data in (ham.hamiltonian, ham.overlap):
-        m = np.zeros(len(rvec) * n * n)
-        m[flat] = data                     # (i, j, R) pairs are unique in the packed format
-        out.append(m.reshape(len(rvec), n, n))
-    return rvec.astype(np.float64), out[0], out[1]
+    from .kspace import real_space_stack
+
+    rvec, (h_r, s_r) = real_space_stack(ham, ("hamiltonian", "overlap"))
+    return rvec, h_r, s_r
 
 
 def _band_energies_batched(ham: PackedHamiltonian, kpoints: np.ndarray, s_threshold: float):
