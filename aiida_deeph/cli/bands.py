@@ -9,13 +9,11 @@ details), ``dropped_s_eigenvectors`` (largest number dropped at any k), ``min_s_
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
-from pathlib import Path
 
+from .common import load_hs, write_json
 from .errors import CliError
 
 
@@ -26,22 +24,11 @@ def _nan_to_none(values):
 def run(args) -> int:
     import numpy as np
 
-    from ..io.dock import is_dock_folder, read_dock
     from ..physics.bands import band_gap, check_finite, fermi_level, solve_bands
     from ..physics.kpath import auto_kpath, read_kpoints_file
 
     t0 = time.perf_counter()
-    folder = Path(args.input)
-    if not folder.is_dir():
-        raise CliError(f"input folder {folder} not found")
-    if not (folder / "hamiltonian.h5").is_file():
-        raise CliError(f"{folder} has no hamiltonian.h5: bands need H and S (an overlap-only folder from "
-                       "`aiida-deeph overlap` must first go through `aiida-deeph predict`)")
-    if not (folder / "overlap.h5").is_file():
-        raise CliError(f"{folder} has no overlap.h5: bands need H and S")
-    if not is_dock_folder(folder):
-        raise CliError(f"{folder} is not a DeepH-dock folder (POSCAR, info.json, overlap.h5, hamiltonian.h5)")
-    ham = read_dock(folder, load=("hamiltonian", "overlap"))
+    ham = load_hs(args.input, "bands need")
     check_finite(ham)
     t_read = time.perf_counter()
 
@@ -104,12 +91,7 @@ def run(args) -> int:
     }
     if fermi_info is not None:
         out["fermi_level"] = fermi_info
-    output = Path(args.output)
-    if output.parent and not output.parent.exists():
-        output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(out, indent=1, allow_nan=False))
-    os.replace(tmp, output)
+    output = write_json(args.output, out)
     if not args.quiet:
         print(f"{ham.formula}: {len(kpoints)} k-points, {ham.num_orbitals} orbitals, solver {solver}, "
               f"E_F = {fermi:.4f} eV ({fermi_source}), gap {gap['gap_eV']:.4f} eV; "

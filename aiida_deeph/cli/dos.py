@@ -8,38 +8,10 @@ solver's S(k) figures; see :mod:`aiida_deeph.physics.dos`.
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-from .errors import CliError
-
-
-def load_hs(folder, extra=()):
-    """A DeepH-dock folder's H and S (and ``extra`` arrays) with one-line errors for what is missing."""
-    from ..io.dock import is_dock_folder, read_dock
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CliError(f"input folder {folder} not found")
-    if not is_dock_folder(folder):
-        raise CliError(f"{folder} is not a DeepH-dock folder (POSCAR, info.json, overlap.h5, hamiltonian.h5)")
-    if not (folder / "hamiltonian.h5").is_file():
-        raise CliError(f"{folder} has no hamiltonian.h5: an overlap-only folder from `aiida-deeph overlap` must "
-                       "first go through `aiida-deeph predict`")
-    return read_dock(folder, load=("hamiltonian", "overlap") + tuple(extra))
-
-
-def write_json(path, payload) -> Path:
-    import json
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, allow_nan=False))
-    os.replace(tmp, path)
-    return path
+from .common import load_hs, report, save_figure, write_json
 
 
 def plot_dos(result: dict, path, title: str = "") -> Path:
@@ -66,19 +38,14 @@ def plot_dos(result: dict, path, title: str = "") -> Path:
     method = result["method"] + (f", $\\sigma$ = {result['sigma_eV']:g} eV" if result.get("sigma_eV") else "")
     ax.set_title(f"{title or result['formula']}: {'x'.join(map(str, result['mesh']))} mesh, {method}", fontsize=10)
     ax.legend(fontsize=8, frameon=False, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run(args) -> int:
     from ..physics.dos import density_of_states, integrated
 
     t0 = time.perf_counter()
-    ham = load_hs(args.input)
+    ham = load_hs(args.input, "the DOS needs")
     result = density_of_states(
         ham, mesh=args.mesh, spacing=args.spacing, sigma=args.sigma, method=args.method, grid=args.grid,
         window=tuple(args.window), num_electrons=args.electrons, projected=not args.no_projected,
@@ -90,12 +57,10 @@ def run(args) -> int:
     out = write_json(args.output, result)
     if args.plot:
         plot_dos(result, args.plot)
-    if not args.quiet:
-        print(f"{result['formula']}: DOS on a {'x'.join(map(str, result['mesh']))} mesh ({result['method']}), "
-              f"E_F = {result['fermi_energy_eV']:.4f} eV; states below E_F: {result['integrated_to_fermi']:.3f} on "
-              f"the grid + {result['states_below_grid']:.3f} below it ({result['num_electrons']:g} electrons); "
-              f"{result['timings_s']['total']:.2f} s; "
-              f"written to {out}" + (f" and {args.plot}" if args.plot else ""), file=sys.stdout)
+    report(f"{result['formula']}: DOS on a {'x'.join(map(str, result['mesh']))} mesh ({result['method']}), "
+           f"E_F = {result['fermi_energy_eV']:.4f} eV; states below E_F: {result['integrated_to_fermi']:.3f} on "
+           f"the grid + {result['states_below_grid']:.3f} below it ({result['num_electrons']:g} electrons); "
+           f"{result['timings_s']['total']:.2f} s", args, out)
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .dos import load_hs, write_json
+from .common import load_hs, report, save_figure, write_json
 from .errors import CliError
 
 
@@ -36,12 +36,7 @@ def plot_chi(result: dict, path, title: str = "") -> Path:
     ax.set_title(f"{title or result['formula']}: $\\varepsilon_\\infty$ = {result['eps_inf']:.2f} "
                  f"({'x'.join(map(str, result['mesh']))} mesh, $\\eta$ = {result['eta_eV']:g} eV)", fontsize=10)
     ax.legend(fontsize=8, frameon=False, ncol=3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run(args) -> int:
@@ -49,7 +44,7 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     folder = Path(args.input)
-    ham = load_hs(folder, extra=("position_matrix",))
+    ham = load_hs(folder, "chi(omega) needs", extra=("position_matrix",))
     if ham.position_matrix is None:
         raise CliError(f"{folder} has no position_matrix.h5: convert the OpenMX run with 'aiida-deeph convert "
                        "openmx RUN_DIR OUT_DIR --position-matrix' (DeepH-dock: --export-r)")
@@ -60,10 +55,9 @@ def run(args) -> int:
     out = write_json(args.output, result)
     if args.plot:
         plot_chi(result, args.plot)
-    if not args.quiet:
-        print(f"{result['formula']}: eps_inf = {result['eps_inf']:.3f} (independent particles, no local fields; "
-              f"{'x'.join(map(str, result['mesh']))} mesh, gap on the mesh {result['gap_on_mesh_eV']:.3f} eV); "
-              f"{result['timings_s']['total']:.2f} s; written to {out}" + (f" and {args.plot}" if args.plot else ""))
+    report(f"{result['formula']}: eps_inf = {result['eps_inf']:.3f} (independent particles, no local fields; "
+           f"{'x'.join(map(str, result['mesh']))} mesh, gap on the mesh {result['gap_on_mesh_eV']:.3f} eV); "
+           f"{result['timings_s']['total']:.2f} s", args, out)
     return 0
 
 

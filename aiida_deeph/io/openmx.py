@@ -10,7 +10,7 @@ from aiida_deeph.physics.basis import BasisError, parse_pao_basis
 from aiida_deeph.physics.constants import BOHR_TO_ANGSTROM, HARTREE_TO_EV
 
 from .openmx_input import parse_input
-from .packed import PackedHamiltonian, symbol_to_z
+from .packed import PackedHamiltonian, bra_position_overlap, symbol_to_z
 from .scfout import Scfout, ScfoutError, read_scfout
 
 
@@ -47,13 +47,6 @@ def species_from_input(text: str) -> tuple:
     return symbols, pao_of, vps_of
 
 
-def absolute_position_matrix(relative: np.ndarray, overlap: np.ndarray, pairs: np.ndarray, offsets: np.ndarray,
-                             positions: np.ndarray) -> np.ndarray:
-    """``<i,0|r|j,R> = <i,0|r - tau_i|j,R> + tau_i S`` (E, 3): OpenMX's bra-relative OLPpo made absolute."""
-    pair_of_entry = np.repeat(np.arange(len(pairs)), np.diff(offsets))
-    return relative + overlap[:, None] * positions[pairs[pair_of_entry, 3]]
-
-
 def scfout_to_packed(scf: Scfout, meta: dict | None = None) -> PackedHamiltonian:
     """Convert a parsed .scfout into the packed format (eV, Angstrom, OpenMX orbital order)."""
     symbols, pao_of, vps_of = species_from_input(scf.input_text)
@@ -79,8 +72,9 @@ def scfout_to_packed(scf: Scfout, meta: dict | None = None) -> PackedHamiltonian
         hamiltonian=scf.hamiltonian * HARTREE_TO_EV,
         overlap=scf.overlap,
         density_matrix=scf.density_matrix,
-        position_matrix=None if scf.position_matrix is None else absolute_position_matrix(
-            scf.position_matrix.T * BOHR_TO_ANGSTROM, scf.overlap, pairs, offsets, scf.gxyz * BOHR_TO_ANGSTROM),
+        position_matrix=None if scf.position_matrix is None else (
+            scf.position_matrix.T * BOHR_TO_ANGSTROM
+            + bra_position_overlap(scf.overlap, pairs, offsets, scf.gxyz * BOHR_TO_ANGSTROM)),
         fermi_energy_eV=scf.chemical_potential * HARTREE_TO_EV,
         num_electrons=scf.valence_electrons,
         meta={

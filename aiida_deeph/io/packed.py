@@ -298,6 +298,14 @@ class PackedHamiltonian:
         return self.reorder_pairs(np.arange(self.num_pairs))
 
 
+def bra_position_overlap(overlap: np.ndarray, atom_pairs: np.ndarray, offsets: np.ndarray,
+                         positions: np.ndarray) -> np.ndarray:
+    """``tau_i S`` per entry (E, 3): what turns the bra-relative ``<i,0|r - tau_i|j,R>`` (OpenMX's OLPpo)
+    into the absolute ``<i,0|r|j,R>`` of ``position_matrix``."""
+    pair_of_entry = np.repeat(np.arange(len(atom_pairs)), np.diff(offsets))
+    return overlap[:, None] * positions[atom_pairs[pair_of_entry, 3]]
+
+
 def entry_gather_index(offsets: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Flat entry indices that gather the blocks of ``order`` (pair rows) contiguously."""
     starts = offsets[:-1][order]

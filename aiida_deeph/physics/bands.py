@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as sla
 
-from aiida_deeph.io.packed import PackedHamiltonian
+from aiida_deeph.io.packed import PackedHamiltonian, bra_position_overlap
 
 
 # ---------------------------------------------------------------------- BLAS threads
@@ -658,11 +658,9 @@ def supercell(ham: PackedHamiltonian, repeats) -> PackedHamiltonian:
     position_matrix = None
     if ham.position_matrix is not None:
         # tile the bra-relative <i|r - tau_i|j,R> (translation invariant), then add tau_i' S for the images
-        pair_of_entry = np.repeat(np.arange(ham.num_pairs), np.diff(ham.offsets))
-        relative = ham.position_matrix - ham.overlap[:, None] * ham.positions[ap[pair_of_entry, 3]]
-        new_pair_of_entry = np.repeat(np.arange(len(pairs)), np.diff(offsets))
-        position_matrix = (np.tile(relative, (nt, 1)) + np.tile(ham.overlap, nt)[:, None]
-                           * positions.reshape(-1, 3)[pairs[new_pair_of_entry, 3]])
+        relative = ham.position_matrix - bra_position_overlap(ham.overlap, ap, ham.offsets, ham.positions)
+        position_matrix = np.tile(relative, (nt, 1)) + bra_position_overlap(
+            tile(ham.overlap), pairs, offsets, positions.reshape(-1, 3))
     meta = dict(ham.meta)
     meta["supercell"] = n.tolist()
     out = PackedHamiltonian(

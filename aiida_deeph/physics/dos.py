@@ -19,12 +19,15 @@ import numpy as np
 
 from aiida_deeph.io.packed import PackedHamiltonian
 
-from .kspace import BlochBuilder, KSpaceError, check_arrays, gamma_mesh, mesh_from_spacing, orbital_labels, solve
+from .bands import check_finite
+from .kpath import reciprocal_cell
+from .kspace import BlochBuilder, KSpaceError, gamma_mesh, orbital_labels, solve
 
 L_NAMES = "spdf"
 METHODS = ("gaussian", "tetrahedron")
 TETRAHEDRON_MIN_POINTS = 3   # per axis; fewer gives a meaningless tetrahedron mesh
 _WEIGHT_BYTES = 256 * 2 ** 20
+DROPPED_ENERGY = 1e6         # eV: where dropped S directions go for the weights (far above any grid)
 
 
 class DosError(KSpaceError):
@@ -33,7 +36,7 @@ class DosError(KSpaceError):
 
 def mesh_eigen(ham: PackedHamiltonian, mesh, s_threshold: float = 1e-7, projections: bool = True) -> dict:
     """Eigenvalues (nk, n) and Mulliken projections (nk, n, n_orb) on the Gamma-centred ``mesh``."""
-    check_arrays(ham)
+    check_finite(ham)
     kpts = gamma_mesh(mesh)
     builder = BlochBuilder(ham)
     n = ham.num_orbitals
@@ -83,7 +86,7 @@ def fermi_gaussian(energies: np.ndarray, num_electrons: float, sigma: float) -> 
     return 0.5 * (lo + hi)
 
 
-def _energy_grid(grid, window, fermi: float, energies: np.ndarray, sigma: float) -> np.ndarray:
+def _energy_grid(grid, window, fermi: float, sigma: float | None) -> np.ndarray:
     if grid is not None:
         emin, emax, num = float(grid[0]), float(grid[1]), int(grid[2])
         if not emax > emin or num < 2:
@@ -96,11 +99,10 @@ def _energy_grid(grid, window, fermi: float, energies: np.ndarray, sigma: float)
     return np.linspace(fermi + lo, fermi + hi, int(round((hi - lo) / step)) + 1)
 
 
-def _gaussian_weights(energies: np.ndarray, egrid: np.ndarray, sigma: float):
+def _gaussian_weights(e: np.ndarray, egrid: np.ndarray, sigma: float):
     """Yield (k slice, band indices, weights (nk_chunk * n_band, n_e)) of g_sigma(E - E_nk) / N_k for the
-    bands that come within 9 sigma of the grid."""
-    nk = energies.shape[0]
-    e = np.where(np.isfinite(energies), energies, 1e6)           # dropped directions: far above any grid
+    bands that come within 9 sigma of the grid (``e``: energies with dropped directions at DROPPED_ENERGY)."""
+    nk = e.shape[0]
     active = np.flatnonzero((e.max(axis=0) > egrid[0] - 9 * sigma) & (e.min(axis=0) < egrid[-1] + 9 * sigma))
     step = max(1, int(_WEIGHT_BYTES // (8 * max(len(active), 1) * len(egrid))))
     norm = 1.0 / (np.sqrt(2 * np.pi) * sigma * nk)
@@ -109,19 +111,19 @@ def _gaussian_weights(energies: np.ndarray, egrid: np.ndarray, sigma: float):
         yield slice(a, a + step), active, np.exp(-0.5 * x * x) * norm
 
 
-def _tetrahedron_weights(energies: np.ndarray, mesh, egrid: np.ndarray, bvec: np.ndarray):
-    """Yield (band slice, weights (nk, n_band_chunk, n_e)) from libtetrabz.dos (per spin, sum_k = 1/band)."""
+def _tetrahedron_weights(e: np.ndarray, mesh, egrid: np.ndarray, bvec: np.ndarray):
+    """Yield (all k, band indices, weights (nk * n_band_chunk, n_e)) from libtetrabz.dos (per spin,
+    sum_k = 1/band), as :func:`_gaussian_weights` does."""
     import libtetrabz
 
-    nk, nb = energies.shape
-    e = np.where(np.isfinite(energies), energies, 1e6)           # dropped directions: far above any grid
+    nk = e.shape[0]
     active = np.flatnonzero((e.max(axis=0) > egrid[0] - 1.0) & (e.min(axis=0) < egrid[-1] + 1.0))
     step = max(1, int(_WEIGHT_BYTES // (8 * nk * len(egrid))))
     for a in range(0, len(active), step):
         bands = active[a:a + step]
         eig = e[:, bands].reshape(*mesh, len(bands))
         w = libtetrabz.dos(bvec, eig, egrid)                      # (n1, n2, n3, nb_chunk, ne)
-        yield bands, w.reshape(nk, len(bands), len(egrid))
+        yield slice(None), bands, w.reshape(nk * len(bands), len(egrid))
 
 
 def density_of_states(ham: PackedHamiltonian, mesh=None, spacing: float | None = None, sigma: float = 0.1,
@@ -138,7 +140,9 @@ def density_of_states(ham: PackedHamiltonian, mesh=None, spacing: float | None =
     if method == "gaussian" and not sigma > 0:
         raise DosError(f"the Gaussian broadening sigma must be positive, got {sigma}")
     if mesh is None:
-        mesh = mesh_from_spacing(ham.cell, 0.1 if spacing is None else spacing)
+        from aiida_deeph.io.openmx_input import kpoint_grid
+
+        mesh = kpoint_grid(ham.cell, 0.1 if spacing is None else spacing, kmax=None)
     mesh = [int(n) for n in mesh]
     if method == "tetrahedron" and min(mesh) < TETRAHEDRON_MIN_POINTS:
         raise DosError(
@@ -153,16 +157,22 @@ def density_of_states(ham: PackedHamiltonian, mesh=None, spacing: float | None =
             num_electrons = load_basis_table(basis_table).num_electrons(ham.species)
     sol = mesh_eigen(ham, mesh, s_threshold=s_threshold, projections=projected)
     energies = sol["energies"]
+    filled = np.where(np.isfinite(energies), energies, DROPPED_ENERGY)
     nk = len(energies)
-    bvec = 2 * np.pi * np.linalg.inv(ham.cell).T
+    bvec = reciprocal_cell(ham.cell)
     if method == "gaussian":
         fermi = fermi_gaussian(energies, float(num_electrons), sigma)
+        egrid = _energy_grid(grid, window, fermi, sigma)
+        weights = _gaussian_weights(filled, egrid, sigma)
+        below = 2.0 / nk * float(_gauss_cdf((egrid[0] - energies[np.isfinite(energies)]) / sigma).sum())
     else:
         import libtetrabz
 
-        eig = np.where(np.isfinite(energies), energies, 1e6).reshape(*mesh, -1)
+        eig = filled.reshape(*mesh, -1)
         fermi = float(libtetrabz.fermieng(bvec, eig, float(num_electrons) / 2.0)[0])
-    egrid = _energy_grid(grid, window, fermi, energies, sigma if method == "gaussian" else None)
+        egrid = _energy_grid(grid, window, fermi, None)
+        weights = _tetrahedron_weights(filled, mesh, egrid, bvec)
+        below = 2.0 * float(libtetrabz.intdos(bvec, eig, np.array([egrid[0]])).sum())
 
     total = np.zeros(len(egrid))
     elements, ls = orbital_labels(ham)
@@ -170,29 +180,14 @@ def density_of_states(ham: PackedHamiltonian, mesh=None, spacing: float | None =
     member = np.array([(elements == el) & (ls == l) for el, l in groups], dtype=np.float64).T  # (n_orb, n_group)
     weight = None if not projected else sol["projections"] @ member                       # (nk, n_band, n_group)
     pdos = np.zeros((len(groups), len(egrid)))
-    if method == "gaussian":
-        for ks, bands, w in _gaussian_weights(energies, egrid, sigma):
-            total += 2.0 * w.sum(axis=0)
-            if projected:
-                pdos += 2.0 * weight[ks][:, bands].reshape(-1, len(groups)).T @ w
-    else:
-        for bands, w in _tetrahedron_weights(energies, mesh, egrid, bvec):
-            w = w.reshape(-1, len(egrid))
-            total += 2.0 * w.sum(axis=0)
-            if projected:
-                pdos += 2.0 * weight[:, bands].reshape(-1, len(groups)).T @ w
-    if method == "gaussian":
-        below = 2.0 / nk * float(_gauss_cdf((egrid[0] - energies[np.isfinite(energies)]) / sigma).sum())
-    else:
-        import libtetrabz
-
-        eig = np.where(np.isfinite(energies), energies, 1e6).reshape(*mesh, -1)
-        below = 2.0 * float(libtetrabz.intdos(bvec, eig, np.array([egrid[0]])).sum())
+    for ks, bands, w in weights:
+        total += 2.0 * w.sum(axis=0)
+        if projected:
+            pdos += 2.0 * weight[ks][:, bands].reshape(-1, len(groups)).T @ w
     projected_out = {}
     if projected:
         for (el, l), values in zip(groups, pdos):
             projected_out.setdefault(el, {})[L_NAMES[l]] = values.tolist()
-    occupied = np.sort(energies[np.isfinite(energies)])
     return {
         "energy_eV": egrid.tolist(),
         "fermi_energy_eV": float(fermi),
@@ -209,7 +204,7 @@ def density_of_states(ham: PackedHamiltonian, mesh=None, spacing: float | None =
         "dropped_s_eigenvectors": int(sol["dropped"]),
         "min_s_eigenvalue": sol["min_s_eigenvalue"],
         "s_threshold": float(s_threshold),
-        "lowest_eigenvalue_eV": float(occupied[0]) if occupied.size else None,
+        "lowest_eigenvalue_eV": float(np.nanmin(energies)),
         "states_below_grid": below,
         "units": {"energy": "eV", "dos": "states/eV/cell (spin included)"},
         "projection": "Mulliken (Re[conj(c) S c]) per element and l",

@@ -10,8 +10,6 @@ Used by the density of states (:mod:`aiida_deeph.physics.dos`) and the optical r
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from aiida_deeph.io.packed import PackedHamiltonian
@@ -31,14 +29,6 @@ def gamma_mesh(grid) -> np.ndarray:
         raise KSpaceError(f"a k-mesh is three positive integers, got {grid!r}")
     axes = [np.arange(n) / n for n in grid]
     return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-
-
-def mesh_from_spacing(cell, spacing: float) -> list:
-    """``ceil(|b_i| / spacing)`` per axis (|b_i| in 1/Angstrom, 2 pi included), at least 1."""
-    if not spacing > 0:
-        raise KSpaceError(f"the k-point spacing must be positive, got {spacing}")
-    b = 2 * np.pi * np.linalg.inv(np.asarray(cell, dtype=np.float64)).T
-    return [max(1, int(np.ceil(np.linalg.norm(row) / spacing - 1e-9))) for row in b]
 
 
 def real_space_stack(ham: PackedHamiltonian, names=("hamiltonian", "overlap")):
@@ -67,20 +57,6 @@ def real_space_stack(ham: PackedHamiltonian, names=("hamiltonian", "overlap")):
         m[flat] = data                     # (i, j, R) pairs are unique in the packed format
         out.append(m.reshape(len(rvec), n, n))
     return rvec.astype(np.float64), out
-
-
-@dataclass
-class Eigensystem:
-    """Eigenpairs of H(k) v = E S(k) v on a batch of k-points.
-
-    ``energies`` (nk, n) eV ascending, NaN-padded where S directions were dropped; ``vectors``
-    (nk, n, n) with ``V^H S V = 1`` on the kept columns (zero columns where dropped); ``dropped`` (nk,)."""
-
-    kpoints: np.ndarray
-    energies: np.ndarray
-    vectors: np.ndarray
-    dropped: np.ndarray
-    min_s_eigenvalue: float
 
 
 def _hermitian(m: np.ndarray) -> np.ndarray:
@@ -133,22 +109,6 @@ class BlochBuilder:
         p = phase if derivative is None else phase * (1j * self.rcart[:, derivative])[None, :]
         m = (p @ self.stacks[name]).reshape(-1, self.n, self.n)
         return _hermitian(m) if derivative is None and not name.startswith("position_") else m
-
-    def eigensystem(self, kpoints, s_threshold: float = 1e-7) -> Eigensystem:
-        kpoints = np.atleast_2d(np.asarray(kpoints, dtype=np.float64))
-        phase = self.phases(kpoints)
-        e, v, d, smin = solve(self.at(phase, "hamiltonian"), self.at(phase, "overlap"), s_threshold)
-        return Eigensystem(kpoints=kpoints, energies=e, vectors=v, dropped=d, min_s_eigenvalue=smin)
-
-
-def check_arrays(ham: PackedHamiltonian) -> None:
-    """H and S present and finite (one line naming the problem otherwise)."""
-    for name in ("hamiltonian", "overlap"):
-        data = getattr(ham, name)
-        if data is None:
-            raise KSpaceError(f"the Hamiltonian has no {name}: both H and S are needed")
-        if not np.isfinite(data).all():
-            raise KSpaceError(f"{name} holds {int((~np.isfinite(data)).sum())} NaN/Inf entries")
 
 
 def orbital_labels(ham: PackedHamiltonian) -> tuple:

@@ -26,7 +26,8 @@ import numpy as np
 
 from aiida_deeph.io.packed import PackedHamiltonian
 
-from .kspace import BlochBuilder, KSpaceError, check_arrays, gamma_mesh, solve
+from .bands import check_finite
+from .kspace import BlochBuilder, KSpaceError, gamma_mesh, solve
 
 E2_OVER_EPS0_EV_ANGSTROM = 4.0 * np.pi * 14.399645478425668   # e^2 / eps0 in eV * Angstrom
 _PAIR_BYTES = 128 * 2 ** 20
@@ -62,7 +63,7 @@ def interband_positions(builder: BlochBuilder, kpoints: np.ndarray, nocc: int, s
 def susceptibility(ham: PackedHamiltonian, mesh, eta: float = 0.1, omega_max: float = 10.0, num_omega: int = 1001,
                    num_electrons: float | None = None, s_threshold: float = 1e-7, basis_table: str = "corpus") -> dict:
     """chi_ab(omega) (3x3 complex per omega), chi(0) and eps_inf of an insulator; the chi.json dictionary."""
-    check_arrays(ham)
+    check_finite(ham)
     if ham.position_matrix is None:
         raise OpticsError(
             "the Hamiltonian has no position matrix: convert the OpenMX run with 'aiida-deeph convert openmx "
