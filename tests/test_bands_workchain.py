@@ -312,3 +312,45 @@ def test_structure_mismatch_and_kpoint_conversion():
     kp.set_cell((packed.cell * np.array([[2], [1], [1]])).tolist())
     kp.set_kpoints([[0.5, 0.0, 0.0], [0.0, 0.5, 0.25]])
     np.testing.assert_allclose(fractional_kpoints(kp, packed.cell), [[0.25, 0, 0], [0, 0.5, 0.25]], atol=1e-12)
+
+
+def test_properties_workchain_predicts_then_compares(model_node, deeph_code, shared):
+    """The DFT-free path of DeepHPropertiesWorkChain: S and the position matrix from the PAO files -> predict
+    (the child DeepHBandsWorkChain) -> bands, DOS, optics (or the reason they are skipped) vs the DFT reference."""
+    from aiida.engine import run_get_node
+    from aiida.orm import Dict, KpointsData, Str
+
+    from aiida_deeph.data.hamiltonian import HamiltonianData
+    from aiida_deeph.io.openmx import load_openmx_run
+    from aiida_deeph.workflows.bands import DeepHBandsWorkChain
+    from aiida_deeph.workflows.properties import DeepHPropertiesWorkChain
+
+    from .conftest import corpus_dir
+
+    pao = shared / "openmx-data" / "PAO"
+    if not pao.is_dir():
+        pytest.skip("shared PAO files not found")
+    structure = corpus_structure(TRAIN_ID).store()
+    reference = HamiltonianData(load_openmx_run(corpus_dir() / TRAIN_ID, load_position_matrix=True)).store()
+    kp = KpointsData()
+    kp.set_cell(structure.cell)
+    kp.set_kpoints([[0, 0, 0], [0.5, 0, 0.5]])
+    results, node = run_get_node(
+        DeepHPropertiesWorkChain, reference=reference, kpoints=kp,
+        deeph={"structure": structure, "model": model_node, "infer_code": deeph_code, "pao_dir": Str(str(pao))},
+        dos_parameters=Dict({"mesh": [3, 3, 3], "sigma": 0.2}),
+        optics_parameters=Dict({"mesh": [3, 3, 3], "num_omega": 21}))
+    assert node.is_finished_ok, node.exit_message
+    child = [c for c in node.called if c.process_class is DeepHBandsWorkChain]
+    assert len(child) == 1 and child[0].inputs.position_matrix.value is True
+    pred = results["hamiltonian"]
+    assert pred.base.attributes.get("has_position_matrix") and pred.source == "model"
+    s = results["summary"].get_dict()
+    assert s["reference"]["band_gap_eV"] > 3.0 and 1.5 < s["reference"]["eps_inf"] < 4.0   # NaCl (PBE: ~2.4)
+    c = s["comparison"]
+    assert c["band_mae_meV"] == results["band_errors"]["mae_meV"] > 1.0     # a 3-epoch model is not DFT
+    assert c["dos_relative_l1"] > 0.0
+    if s["is_metal"]:
+        assert "metal" in s["optics"] and "chi" not in results
+    else:
+        assert s["optics"] == "computed" and "eps_inf_error" in c and "chi" in results

@@ -115,7 +115,9 @@ class OpenmxCalculation(AttachedOutputsMixin, CalcJob):
         spec.input("basis", valid_type=orm.Dict, required=False,
                    help="Basis table {'name', 'elements': {el: {pao, vps, valence}}}; default: the corpus table.")
         spec.input("settings", valid_type=orm.Dict, required=False,
-                   help="{'data_path': DATA.PATH on the computer, 'band_kpath': True or segments}")
+                   help="{'data_path': DATA.PATH on the computer, 'band_kpath': True or segments, "
+                        "'position_matrix': True to store OpenMX's <i|r|j> (OLPpo) in the HamiltonianData, "
+                        "which compute_optics needs}")
         spec.input("parent_folder", valid_type=orm.RemoteData, required=False,
                    help="A previous run: its restart files are copied and used when parameters set scf.restart on.")
         spec.inputs.validator = _validate_inputs

@@ -1,4 +1,4 @@
-"""Helpers shared by the property subcommands (bands, dos, optics): input folders, JSON and PNG outputs."""
+"""Helpers shared by the property subcommands (bands, dos, optics): input folders, JSON outputs, the one-line report (figures: physics.plots)."""
 from __future__ import annotations
 
 import json
@@ -33,17 +33,6 @@ def write_json(path, payload) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(payload, indent=1, allow_nan=False))
     os.replace(tmp, path)
-    return path
-
-
-def save_figure(fig, path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
     return path
 
 

@@ -11,34 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .common import load_hs, report, save_figure, write_json
-
-
-def plot_dos(result: dict, path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    e = np.asarray(result["energy_eV"]) - result["fermi_energy_eV"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.plot(e, result["total"], color="black", lw=1.4, label="total")
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    c = 0
-    for el, by_l in result["projected"].items():
-        for l, values in by_l.items():
-            ax.plot(e, values, lw=1.0, color=colors[c % len(colors)], label=f"{el} {l}")
-            c += 1
-    ax.axvline(0.0, color="grey", lw=0.8, ls="--")
-    ax.set_xlim(e[0], e[-1])
-    ax.set_ylim(0, None)
-    ax.set_xlabel(r"$E - E_\mathrm{F}$ (eV)")
-    ax.set_ylabel("DOS (states / eV / cell)")
-    method = result["method"] + (f", $\\sigma$ = {result['sigma_eV']:g} eV" if result.get("sigma_eV") else "")
-    ax.set_title(f"{title or result['formula']}: {'x'.join(map(str, result['mesh']))} mesh, {method}", fontsize=10)
-    ax.legend(fontsize=8, frameon=False, ncol=2)
-    return save_figure(fig, path)
+from ..physics.plots import plot_dos
+from .common import load_hs, report, write_json
 
 
 def run(args) -> int:

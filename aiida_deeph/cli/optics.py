@@ -10,33 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .common import load_hs, report, save_figure, write_json
+from ..physics.plots import plot_chi
+from .common import load_hs, report, write_json
 from .errors import CliError
-
-
-def plot_chi(result: dict, path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    w = np.asarray(result["omega_eV"])
-    re = np.asarray(result["chi"]["real"])
-    im = np.asarray(result["chi"]["imag"])
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for a, name in enumerate("xyz"):
-        style = dict(lw=1.2, alpha=0.9 if a == 0 else 0.6)
-        ax.plot(w, re[:, a, a], color="C0", ls=("-", "--", ":")[a], label=rf"Re $\chi_{{{name}{name}}}$", **style)
-        ax.plot(w, im[:, a, a], color="C3", ls=("-", "--", ":")[a], label=rf"Im $\chi_{{{name}{name}}}$", **style)
-    ax.axhline(0.0, color="grey", lw=0.6)
-    ax.set_xlim(w[0], w[-1])
-    ax.set_xlabel(r"$\hbar\omega$ (eV)")
-    ax.set_ylabel(r"$\chi(\omega)$ (SI, $\varepsilon_r - 1$)")
-    ax.set_title(f"{title or result['formula']}: $\\varepsilon_\\infty$ = {result['eps_inf']:.2f} "
-                 f"({'x'.join(map(str, result['mesh']))} mesh, $\\eta$ = {result['eta_eV']:g} eV)", fontsize=10)
-    ax.legend(fontsize=8, frameon=False, ncol=3)
-    return save_figure(fig, path)
 
 
 def run(args) -> int:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.packed import PackedHamiltonian, symbol_to_z
+from ..io.packed import PackedHamiltonian, bra_position_overlap, symbol_to_z
 from ..physics.basis import BasisError, BasisTable, load_basis_table
-from ..physics.constants import ANGSTROM_TO_BOHR
+from ..physics.constants import ANGSTROM_TO_BOHR, BOHR_TO_ANGSTROM
 from .pairs import MIN_DISTANCE_ANGSTROM, find_pairs
 from .pao import OverlapError, default_pao_dir, load_basis_functions
-from .twocenter import OPENMX_GRIDS, TransformGrids, pair_overlap
+from .twocenter import OPENMX_GRIDS, TransformGrids, pair_dipole, pair_overlap
 
 
 def _table(basis_table) -> BasisTable:
@@ -42,14 +42,17 @@ def resolve_basis(species, basis_table="corpus", basis: dict | None = None) -> d
 
 def compute_overlap(cell, positions, species, basis_table="corpus", pao_dir=None, basis: dict | None = None,
                     grids: TransformGrids = OPENMX_GRIDS, min_distance: float = MIN_DISTANCE_ANGSTROM,
-                    meta: dict | None = None) -> PackedHamiltonian:
+                    meta: dict | None = None, position_matrix: bool = False) -> PackedHamiltonian:
     """S (and the OpenMX atom pairs) of a structure, straight from the PAO files.
 
     ``cell`` (3, 3) Angstrom, rows are lattice vectors; ``positions`` (N, 3) Cartesian Angstrom;
     ``species`` element symbols; ``basis_table`` a protocol name (``corpus``), a JSON path or a
     :class:`BasisTable`; ``pao_dir`` a folder of ``<stem>.pao`` / ``<stem>.pao.xz`` files (default:
     ``$AIIDA_DEEPH_PAO_DIR`` or ``$OPENMX_DATA_PATH/PAO``); ``basis`` optional element -> basis
-    string overrides. Returns a sorted :class:`PackedHamiltonian` with ``overlap`` only.
+    string overrides. Returns a sorted :class:`PackedHamiltonian` with ``overlap`` only, or with
+    ``overlap`` and ``position_matrix`` (``<i,0|r|j,R>``, Angstrom, absolute Cartesian, the two-centre
+    integrals of r: what OpenMX computes on its real-space grid as OLPpo, plus ``tau_i S``) when
+    ``position_matrix`` is true.
     """
     cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
@@ -77,6 +80,7 @@ def compute_overlap(cell, positions, species, basis_table="corpus", pao_dir=None
     norb = np.array([norb_el[s] for s in species], dtype=np.int64)
     offsets = PackedHamiltonian.offsets_for(pairs, norb)
     overlap = np.empty(int(offsets[-1]), dtype=np.float64)
+    relative = np.empty((int(offsets[-1]), 3), dtype=np.float64) if position_matrix else None
 
     el_index = {el: n for n, el in enumerate(funcs)}
     sp = np.array([el_index[s] for s in species], dtype=np.int64)
@@ -102,6 +106,8 @@ def compute_overlap(cell, positions, species, basis_table="corpus", pao_dir=None
             if sel_ba.size:
                 idx = offsets[sel_ba][:, None] + np.arange(size)[None, :]
                 overlap[idx] = blocks[sel_ab.size:].transpose(0, 2, 1).reshape(sel_ba.size, size)
+            if position_matrix:
+                _fill_dipoles(relative, offsets, sel_ab, sel_ba, vecs, blocks, funcs[ea], funcs[eb], grids)
 
     num_electrons = None
     try:
@@ -119,11 +125,34 @@ def compute_overlap(cell, positions, species, basis_table="corpus", pao_dir=None
                             "num_grid_r": grids.num_grid_r},
     }
     info.update(meta or {})
+    if position_matrix:
+        relative *= BOHR_TO_ANGSTROM
+        relative += bra_position_overlap(overlap, pairs, offsets, positions)
     ham = PackedHamiltonian(cell=cell, positions=positions, species=species, orbital_ls=orbital_ls,
                             atom_pairs=pairs, offsets=offsets, overlap=overlap, hamiltonian=None,
-                            num_electrons=num_electrons, meta=info)
+                            position_matrix=relative, num_electrons=num_electrons, meta=info)
     ham.validate()
     return ham
+
+
+def _fill_dipoles(relative, offsets, sel_ab, sel_ba, vecs, overlap_blocks, fa, fb, grids) -> None:
+    """Bra-relative position blocks (Bohr) of the A-B pairs ``sel_ab`` and B-A pairs ``sel_ba`` into
+    ``relative`` (E, 3). ``vecs`` are the A-B vectors followed by the negated B-A vectors (Bohr), as for S.
+
+    A B-A pair with vector v (bra B at 0, ket A at v) follows from the A-B machinery at u = -v:
+    ``int phi_B(r) r phi_A(r - v) = D_AB(u)^T - u S_AB(u)^T`` (shift r by v).
+    """
+    dip = pair_dipole(fa, fb, grids).blocks(vecs)                  # (n, 3, nA, nB)
+    na, nb = dip.shape[2], dip.shape[3]
+    size = na * nb
+    if sel_ab.size:
+        idx = offsets[sel_ab][:, None] + np.arange(size)[None, :]
+        relative[idx] = dip[: sel_ab.size].reshape(sel_ab.size, 3, size).transpose(0, 2, 1)
+    if sel_ba.size:
+        u = vecs[sel_ab.size:]
+        d = dip[sel_ab.size:].transpose(0, 1, 3, 2) - u[:, :, None, None] * overlap_blocks[sel_ab.size:].transpose(0, 2, 1)[:, None]
+        idx = offsets[sel_ba][:, None] + np.arange(size)[None, :]
+        relative[idx] = d.reshape(sel_ba.size, 3, size).transpose(0, 2, 1)
 
 
 def read_structure(path) -> tuple:

@@ -219,7 +219,13 @@ _TRANSFORM_CACHE: dict = {}
 _PAIR_CACHE: dict = {}
 
 
-def _species_transform(functions: PaoBasisFunctions, grids: TransformGrids) -> SpeciesTransform:
+def _bessel_transforms(functions: PaoBasisFunctions, grids: TransformGrids, rows, power: int = 0) -> tuple:
+    """``F(k) = int R_s(r) r^power j_L(kr) r^2 dr`` for each row ``(shell s, order L)`` of ``rows``.
+
+    Returns (F on ``grids.norm_k`` (rows, K), F on the overlap quadrature (rows, K')). The radial
+    quadrature is OpenMX's (see the module docstring); ``power`` 1 gives the transforms of ``r R(r)``
+    that the position matrix needs.
+    """
     pao = functions.pao
     rg = pao.r
     rmin = rg[0]
@@ -234,14 +240,23 @@ def _species_transform(functions: PaoBasisFunctions, grids: TransformGrids) -> S
     w[0] *= 0.5
     w[-1] *= 0.5
     kgrid = grids.norm_k
-    ls = sorted(set(functions.ls))
-    fk = np.empty((len(functions.shells), kgrid.shape[0]))
-    jall = spherical_jn_all(max(ls), np.outer(kgrid, r))  # (lmax+1, K, n+1)
-    for l in ls:
-        idx = [s for s, (ll, _) in enumerate(functions.shells) if ll == l]
-        fk[idx] = (rad[idx] * (r * r * w)[None, :]) @ jall[l].T
+    orders = sorted({L for _, L in rows})
+    fk = np.empty((len(rows), kgrid.shape[0]))
+    if rows:
+        jall = spherical_jn_all(max(orders), np.outer(kgrid, r))  # (Lmax+1, K, n+1)
+        weight = (r ** (2 + power) * w)[None, :]
+        for L in orders:
+            idx = [i for i, (_, LL) in enumerate(rows) if LL == L]
+            shells = [rows[i][0] for i in idx]
+            fk[idx] = (rad[shells] * weight) @ jall[L].T
     kq, _ = grids.overlap_quadrature()
-    fkq = openmx_interp(kgrid, fk, kq)
+    fkq = openmx_interp(kgrid, fk, kq) if rows else np.zeros((0, kq.shape[0]))
+    return fk, fkq
+
+
+def _species_transform(functions: PaoBasisFunctions, grids: TransformGrids) -> SpeciesTransform:
+    rows = [(s, l) for s, (l, _) in enumerate(functions.shells)]
+    fk, fkq = _bessel_transforms(functions, grids, rows)
     return SpeciesTransform(functions=functions, fk=fk, fk_quad=fkq)
 
 
@@ -336,3 +351,99 @@ class PairOverlap:
                     angular[(l1, l2)] = np.einsum("abM,nM->nab", gaunt(l1, l2, L), ylm)
                 out[:, a0:a0 + 2 * l1 + 1, b0:b0 + 2 * l2 + 1] += (pref * vals[:, c])[:, None, None] * angular[(l1, l2)]
         return out
+
+
+# ---------------------------------------------------------------------- position (dipole) blocks
+@functools.lru_cache(maxsize=None)
+def dipole_angular(l: int, lp: int) -> np.ndarray:
+    """A[c, m, M'] = int (r^_c) Y_lm Y'_{lp M'} dOmega: the l' = l +- 1 parts of ``x_c / r`` times an
+    OpenMX harmonic, in the :func:`real_ylm` basis (c = x, y, z)."""
+    u, w = sphere_quadrature(12)
+    a = openmx_harmonics(l, u)
+    c = real_ylm(lp, u)
+    g = np.einsum("q,qc,qa,qb->cab", w, u, a, c)
+    g[np.abs(g) < 1e-14] = 0.0
+    g.setflags(write=False)
+    return g
+
+
+@functools.lru_cache(maxsize=None)
+def gaunt_real_bra(lp: int, l2: int, L: int) -> np.ndarray:
+    """G[M', m2, M] = int Y'_{lp M'} Y_{l2 m2} Y'_{LM} dOmega (``real_ylm`` for lp and L, OpenMX for l2)."""
+    u, w = sphere_quadrature(12)
+    g = np.einsum("q,qa,qb,qc->abc", w, real_ylm(lp, u), openmx_harmonics(l2, u), real_ylm(L, u))
+    g[np.abs(g) < 1e-14] = 0.0
+    g.setflags(write=False)
+    return g
+
+
+class PairDipole:
+    """Bra-relative position blocks ``D_c,ab(R) = int phi_a(r) r_c phi_b(r - R) d^3r`` (Bohr) between the
+    orbitals of element A (rows, centred at the origin) and element B (columns, centred at R).
+
+    What OpenMX stores as OLPpo (on its real-space grid), here from the PAO files by the overlap's
+    exact two-centre formula: ``r_c phi_a = r R_a(r) (r^_c Y_a)``, and ``r^_c Y_a`` has parts of
+    l' = l_a - 1 and l_a + 1 only, so each row orbital becomes a sum of "orbitals" with radial function
+    ``r R_a`` and real harmonics of l', whose overlaps with ``phi_b`` are two-centre integrals of
+    the same kind as S (transforms of ``r R_a`` with j_l', the same k quadrature).
+    """
+
+    def __init__(self, fa: PaoBasisFunctions, fb: PaoBasisFunctions, grids: TransformGrids = OPENMX_GRIDS):
+        self.fa, self.fb, self.grids = fa, fb, grids
+        tb = species_transform(fb, grids)
+        self.kq, wq = grids.overlap_quadrature()
+        la, lb = fa.ls, fb.ls
+        self.na, self.nb = fa.num_orbitals, fb.num_orbitals
+        rows = [(s, lp) for s, l in enumerate(la) for lp in (l - 1, l + 1) if lp >= 0]
+        _, fkq = _bessel_transforms(fa, grids, rows, power=1)
+        self.lmax = (max(la) + 1 + max(lb)) if la and lb else 0
+        start_a = np.concatenate([[0], np.cumsum([2 * l + 1 for l in la])])
+        start_b = np.concatenate([[0], np.cumsum([2 * l + 1 for l in lb])])
+        self.terms = {}
+        for L in range(self.lmax + 1):
+            cols, places = [], []
+            for row, (sa, lp) in enumerate(rows):
+                l1 = la[sa]
+                for sb, l2 in enumerate(lb):
+                    if not (abs(lp - l2) <= L <= lp + l2) or (lp + l2 + L) % 2:
+                        continue
+                    # T[c, m1, m2, M] = sum_M' A[c, m1, M'] G[M', m2, M]
+                    T = np.einsum("caP,PbM->cabM", dipole_angular(l1, lp), gaunt_real_bra(lp, l2, L))
+                    if not np.any(np.abs(T) > 1e-14):
+                        continue
+                    phase = (1j ** (lp - l2 - L)).real
+                    cols.append(wq * fkq[row] * tb.fk_quad[sb])
+                    places.append((int(start_a[sa]), int(start_b[sb]), l1, l2, 8.0 * phase, T))
+            if cols:
+                self.terms[L] = (np.array(cols).T.copy(), places)
+
+    radial_integrals = PairOverlap.radial_integrals
+
+    def blocks(self, vectors_bohr: np.ndarray) -> np.ndarray:
+        """Blocks (n, 3, nA, nB) for displacement vectors R = r_B - r_A (n, 3) in Bohr."""
+        vec = np.asarray(vectors_bohr, dtype=np.float64).reshape(-1, 3)
+        n = vec.shape[0]
+        out = np.zeros((n, 3, self.na, self.nb))
+        if n == 0:
+            return out
+        dist = np.linalg.norm(vec, axis=1)
+        uniq, inverse = np.unique(np.round(dist, 12), return_inverse=True)
+        ints = self.radial_integrals(uniq)
+        unit = np.where(dist[:, None] > 1e-10, vec / np.maximum(dist, 1e-300)[:, None], np.array([0.0, 0.0, 1.0]))
+        for L, (_, places) in self.terms.items():
+            ylm = real_ylm(L, unit)                              # (n, 2L+1)
+            vals = ints[L][inverse]                              # (n, C)
+            for c, (a0, b0, l1, l2, pref, T) in enumerate(places):
+                ang = np.einsum("cabM,nM->ncab", T, ylm)
+                out[:, :, a0:a0 + 2 * l1 + 1, b0:b0 + 2 * l2 + 1] += (pref * vals[:, c])[:, None, None, None] * ang
+        return out
+
+
+def pair_dipole(fa: PaoBasisFunctions, fb: PaoBasisFunctions, grids: TransformGrids = OPENMX_GRIDS) -> PairDipole:
+    """Cached :class:`PairDipole` for two elements' basis functions."""
+    key = ("dipole", fa.pao.path, id(fa.pao), fa.basis.name, fb.pao.path, id(fb.pao), fb.basis.name, grids)
+    if key not in _PAIR_CACHE:
+        if len(_PAIR_CACHE) > 256:
+            _PAIR_CACHE.clear()
+        _PAIR_CACHE[key] = PairDipole(fa, fb, grids)
+    return _PAIR_CACHE[key]

@@ -80,6 +80,10 @@ class DeepHInferParser(Parser):
                          "model_test_mae_meV": model.base.attributes.get("test_mae_meV")})
             packed.meta = meta
             packed.fermi_energy_eV = None
+            if src_attrs.get("has_position_matrix"):
+                # r does not depend on H: the input's position matrix (from the PAO files) goes with it
+                packed.position_matrix = _aligned_position_matrix(source.get_packed(load=("overlap", "position_matrix")),
+                                                                  packed)
             if packed.num_electrons is None and src_attrs.get("num_electrons") is not None:
                 packed.num_electrons = float(src_attrs.get("num_electrons"))
             try:
@@ -92,3 +96,14 @@ class DeepHInferParser(Parser):
         if kind == "failed":
             self.logger.warning(f"aiida-deeph predict wrote an error line although all outputs exist: {detail}")
         return None
+
+
+def _aligned_position_matrix(source, packed):
+    """``source.position_matrix`` in the pair order of ``packed`` (the same atom pairs)."""
+    import numpy as np
+
+    from aiida_deeph.io.packed import entry_gather_index
+
+    index = source.pair_index()
+    order = np.array([index[tuple(r)] for r in packed.atom_pairs.tolist()], dtype=np.int64)
+    return source.position_matrix[entry_gather_index(source.offsets, order)]

@@ -73,7 +73,10 @@ class OpenmxParser(Parser):
             mp_id = structure.base.extras.get("mp_id", None) or structure.base.attributes.get("mp_id", None)
             if mp_id:
                 meta["mp_id"] = mp_id
-            packed = scfout_to_packed(read_scfout(scfout, load_density_matrix=False), meta=meta)
+            settings = self.node.inputs.settings.get_dict() if "settings" in self.node.inputs else {}
+            scf = read_scfout(scfout, load_density_matrix=False,
+                              load_position_matrix=bool(settings.get("position_matrix", False)))
+            packed = scfout_to_packed(scf, meta=meta)
         except (ScfoutError, OpenmxRunError) as exc:
             return self.exit_codes.ERROR_SCFOUT_CORRUPTED.format(detail=str(exc))
         self.out("hamiltonian", HamiltonianData(packed))

@@ -696,3 +696,32 @@ def solve_bands(ham: PackedHamiltonian, kpoints, solver: str = "auto", num_bands
     res = band_energies_window(ham, kpoints, emin=emin, emax=emax, num_bands=num_bands, sigma=sigma,
                                solver=solver, s_threshold=s_threshold, threads=threads)
     return res, res.solver
+
+
+def band_structure(ham: PackedHamiltonian, kpoints, num_electrons: float, spacing: float = 0.30, kmax=8,
+                   temperature: float = 300.0, s_threshold: float = 1e-7, num_bands: int | None = None) -> dict:
+    """Bands along ``kpoints`` with the Fermi level of the electron count and the gap over path and mesh.
+
+    The one band pipeline of ``compute_bands`` (the work chains) and ``aiida-deeph report``: Fermi level
+    from ``num_electrons`` on the SCF k-mesh of ``spacing``/``kmax`` (:func:`fermi_level`), all bands along
+    the path (or ``num_bands`` around E_F with the sparse solver), the gap over the union of the path and the
+    mesh. Returns ``result`` (WindowResult), ``eigenvalues`` (padded, eV), ``solver``, ``fermi`` (the
+    :func:`fermi_level` dict), ``fermi_energy_eV``, ``path_gap`` and ``gap`` (combined).
+    """
+    from .compare import combine_gaps
+
+    fl = fermi_level(ham, num_electrons=num_electrons, spacing=spacing, kmax=kmax, temperature=temperature,
+                     s_threshold=s_threshold)
+    ef = fl["fermi_energy_eV"]
+    res, solver = solve_bands(ham, kpoints, num_bands=num_bands, sigma=ef if num_bands else None,
+                              s_threshold=s_threshold)
+    eig = res.padded()
+    path_gap = band_gap(eig, ef)
+    nel = float(num_electrons)
+    mesh_gap = {"is_metal": fl["is_metal"], "vbm_eV": fl["vbm_eV"], "cbm_eV": fl["cbm_eV"],
+                # an insulator's mesh holds N/2 occupied bands (spin-degenerate)
+                "num_occupied_bands": (int(round(nel / 2)) if abs(nel / 2 - round(nel / 2)) < 1e-6 else None)}
+    if solver != "dense":
+        mesh_gap["num_occupied_bands"] = path_gap.get("num_occupied_bands")  # windowed: band counts are relative
+    return {"result": res, "eigenvalues": eig, "solver": solver, "fermi": fl, "fermi_energy_eV": float(ef),
+            "path_gap": path_gap, "gap": combine_gaps(path_gap, mesh_gap)}

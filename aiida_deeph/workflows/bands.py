@@ -63,6 +63,28 @@ def fractional_kpoints(kpoints: orm.KpointsData, cell) -> np.ndarray:
     return cart @ cell.T / (2.0 * np.pi)
 
 
+def band_parameters(protocol: str, temperature: float, basis: dict | None = None) -> dict:
+    """``compute_bands`` parameters of an OpenMX protocol (basis table, SCF k-spacing of the Fermi level) at
+    ``temperature`` (K); a custom ``basis`` ({'name', 'elements': {el: {.., 'valence'}}}) gives the valence."""
+    from aiida_deeph.io.openmx_input import load_protocol
+
+    proto = load_protocol(protocol)
+    params = {
+        "basis_table": proto.get("basis_table", "corpus"),
+        "kpoints_spacing": float(proto["kpoints_spacing"]),
+        "kpoints_max": int(proto.get("kpoints_max", 8)),
+        "temperature": float(temperature),
+        "protocol": protocol,
+    }
+    if basis:
+        if basis.get("elements"):
+            params["valence"] = {el: float(v["valence"]) for el, v in basis["elements"].items()
+                                 if isinstance(v, dict) and "valence" in v}
+        elif basis.get("name"):
+            params["basis_table"] = basis["name"]
+    return params
+
+
 # ====================================================================== calcfunctions
 @calcfunction
 def seekpath_kpoints(structure: orm.StructureData, parameters: orm.Dict) -> orm.KpointsData:
@@ -117,28 +139,18 @@ def compute_bands(hamiltonian: HamiltonianData, kpoints: orm.KpointsData, parame
     Fermi level: electron count of the basis table on the protocol mesh (physics.bands.fermi_level);
     band gap: over the union of the band path and the mesh.
     """
-    from aiida_deeph.physics.bands import band_gap, fermi_level, solve_bands
-    from aiida_deeph.physics.compare import combine_gaps
+    from aiida_deeph.physics.bands import band_structure
 
     p = parameters.get_dict()
     packed = hamiltonian.get_packed(load=("hamiltonian", "overlap"))
     kfrac = fractional_kpoints(kpoints, packed.cell)
     nel, nel_source = _electrons(packed, p.get("basis_table", "corpus"), p.get("valence"))
     s_threshold = float(p.get("s_threshold", 1e-7))
-    fl = fermi_level(packed, num_electrons=nel, spacing=float(p.get("kpoints_spacing", 0.30)),
-                     kmax=p.get("kpoints_max", 8), temperature=float(p.get("temperature", 300.0)),
-                     s_threshold=s_threshold)
-    ef = fl["fermi_energy_eV"]
-    res, solver = solve_bands(packed, kfrac, num_bands=p.get("num_bands"), sigma=ef if p.get("num_bands") else None,
-                              s_threshold=s_threshold)
-    eig = res.padded()
-    path_gap = band_gap(eig, ef)
-    mesh_gap = {"is_metal": fl["is_metal"], "vbm_eV": fl["vbm_eV"], "cbm_eV": fl["cbm_eV"],
-                # an insulator's mesh holds N/2 occupied bands (spin-degenerate)
-                "num_occupied_bands": (int(round(nel / 2)) if abs(nel / 2 - round(nel / 2)) < 1e-6 else None)}
-    if solver != "dense":
-        mesh_gap["num_occupied_bands"] = path_gap.get("num_occupied_bands")  # windowed: band counts are relative
-    gap = combine_gaps(path_gap, mesh_gap)
+    bs = band_structure(packed, kfrac, nel, spacing=float(p.get("kpoints_spacing", 0.30)),
+                        kmax=p.get("kpoints_max", 8), temperature=float(p.get("temperature", 300.0)),
+                        s_threshold=s_threshold, num_bands=p.get("num_bands"))
+    res, solver, eig, fl, ef = bs["result"], bs["solver"], bs["eigenvalues"], bs["fermi"], bs["fermi_energy_eV"]
+    path_gap, gap = bs["path_gap"], bs["gap"]
 
     bands = orm.BandsData()
     bands.set_cell(packed.cell.tolist())
@@ -263,6 +275,10 @@ class DeepHBandsWorkChain(WorkChain):
                    help="OpenMX code: S from a run with the 'overlap_only' protocol (one SCF step).")
         spec.input("openmx_options", valid_type=orm.Dict, required=False,
                    help="metadata.options of the overlap-only OpenmxCalculation.")
+        spec.input("position_matrix", valid_type=orm.Bool, default=lambda: orm.Bool(False),
+                   help="Also get the position matrix <i|r|j> with S (pao_dir: two-centre integrals; openmx_code: "
+                        "OpenMX's OLPpo); the predicted H then carries it, which compute_optics needs. A given "
+                        "overlap node passes on the position matrix it holds.")
         # bands
         spec.input("reference", valid_type=HamiltonianData, required=False,
                    help="DFT HamiltonianData of the same structure: its bands, band errors and a comparison plot.")
@@ -313,23 +329,8 @@ class DeepHBandsWorkChain(WorkChain):
 
     # ------------------------------------------------------------------ steps
     def setup(self):
-        from aiida_deeph.io.openmx_input import load_protocol
-
-        proto = load_protocol(self.inputs.protocol.value)
-        self.ctx.band_parameters = {
-            "basis_table": proto.get("basis_table", "corpus"),
-            "kpoints_spacing": float(proto["kpoints_spacing"]),
-            "kpoints_max": int(proto.get("kpoints_max", 8)),
-            "temperature": float(self.inputs.temperature.value),
-            "protocol": self.inputs.protocol.value,
-        }
-        if "basis" in self.inputs:
-            basis = self.inputs.basis.get_dict()
-            if basis.get("elements"):
-                self.ctx.band_parameters["valence"] = {el: float(v["valence"]) for el, v in basis["elements"].items()
-                                                       if isinstance(v, dict) and "valence" in v}
-            elif basis.get("name"):
-                self.ctx.band_parameters["basis_table"] = basis["name"]
+        self.ctx.band_parameters = band_parameters(self.inputs.protocol.value, self.inputs.temperature.value,
+                                                   self.inputs.basis.get_dict() if "basis" in self.inputs else None)
         model = self.inputs.model
         symbols = sorted({s for kind in self.inputs.structure.kinds for s in kind.symbols})
         unknown = sorted(set(symbols) - set(model.elements))
@@ -352,6 +353,9 @@ class DeepHBandsWorkChain(WorkChain):
                                                               protocol="overlap_only", overrides=overrides)
         if "basis" in self.inputs:
             builder.basis = self.inputs.basis
+        if self.inputs.position_matrix.value:
+            settings = builder.settings.get_dict() if builder.get("settings") is not None else {}
+            builder.settings = orm.Dict({**settings, "position_matrix": True})
         node = self.submit(builder)
         self.report(f"running OpenmxCalculation<{node.pk}> with the 'overlap_only' protocol (one SCF step) for S")
         return ToContext(openmx=node)
@@ -370,7 +374,7 @@ class DeepHBandsWorkChain(WorkChain):
             basis = self.inputs.basis if "basis" in self.inputs else self._protocol_basis()
             try:
                 result, calc = compute_overlap_node.run_get_node(structure=structure, pao_dir=self.inputs.pao_dir,
-                                                                 basis=basis)
+                                                                 basis=basis, position_matrix=self.inputs.position_matrix)
             except Exception as exc:  # noqa: BLE001
                 return self.exit_codes.ERROR_OVERLAP_FAILED.format(detail=f"compute_overlap_node: {exc}")
             if not calc.is_finished_ok or not isinstance(result, HamiltonianData):

@@ -45,13 +45,16 @@ def basis_table_from_dict(basis: dict | None):
 
 
 @calcfunction
-def compute_overlap_node(structure: orm.StructureData, pao_dir: orm.Str, basis: orm.Dict | None = None):
+def compute_overlap_node(structure: orm.StructureData, pao_dir: orm.Str, basis: orm.Dict | None = None,
+                         position_matrix: orm.Bool | None = None):
     """S and the OpenMX atom pairs of ``structure`` from the PAO files in ``pao_dir`` -> HamiltonianData (S only).
 
     The node's meta carries ``structure_uuid`` and, from the structure's extras, ``mp_id``; its
     attributes (``source`` 'PAO overlap', ``basis``, ``num_electrons`` from the basis table's
     valence, ...) are those of every HamiltonianData. Bad input (a missing PAO file, an element
     without a basis, atoms closer than 0.5 Angstrom, ...) returns exit code 300 with the message.
+    ``position_matrix`` True: the node also holds ``<i,0|r|j,R>`` (two-centre integrals of r from the
+    same PAO files), which ``compute_optics`` needs for a predicted Hamiltonian.
     """
     from aiida_deeph.overlap import OverlapError, compute_overlap
     from aiida_deeph.physics.basis import BasisError
@@ -63,7 +66,8 @@ def compute_overlap_node(structure: orm.StructureData, pao_dir: orm.Str, basis: 
         mp_id = structure.base.extras.get("mp_id", None)
         if mp_id is not None:
             meta["mp_id"] = mp_id
-        packed = compute_overlap(cell, positions, species, basis_table=table, pao_dir=pao_dir.value, meta=meta)
+        packed = compute_overlap(cell, positions, species, basis_table=table, pao_dir=pao_dir.value, meta=meta,
+                                 position_matrix=bool(position_matrix.value) if position_matrix is not None else False)
     except (OverlapError, BasisError, ValueError, OSError) as exc:
         return ExitCode(EXIT_BAD_INPUT, f"cannot compute the overlap: {exc}")
     packed.meta["source"] = "PAO overlap"
