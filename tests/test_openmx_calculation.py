@@ -81,3 +81,17 @@ def test_bad_inputs_are_refused(openmx_code):
     builder = OpenmxCalculation.get_builder_from_protocol(openmx_code, orm.StructureData(pymatgen=fe))
     with pytest.raises(ValueError, match="Fe have no basis"):
         run_get_node(builder)
+
+
+def test_position_matrix_setting_stores_openmx_olppo(openmx_code):
+    """settings {'position_matrix': True}: the HamiltonianData holds OpenMX's <i|r|j> (what compute_optics needs)."""
+    structure = corpus_structure("mp-1550")  # AlP
+    builder = OpenmxCalculation.get_builder_from_protocol(openmx_code, structure, protocol="moderate")
+    builder.metadata.options.withmpi = False
+    builder.settings = orm.Dict({"position_matrix": True})
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    ham = results["hamiltonian"]
+    assert ham.base.attributes.get("has_position_matrix") is True
+    ref = load_openmx_run(corpus_dir() / "mp-1550", load_position_matrix=True)
+    assert np.array_equal(ham.get_packed(load=("position_matrix",)).position_matrix, ref.position_matrix)
