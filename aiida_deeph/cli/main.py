@@ -11,7 +11,8 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("convert", "setup", "record", "info", "overlap", "train", "predict", "evaluate", "bands", "dos", "optics")
+SUBCOMMANDS = ("convert", "setup", "record", "info", "overlap", "train", "predict", "evaluate", "bands", "dos", "optics",
+               "report")
 
 
 from aiida_deeph.cli.errors import CliError  # noqa: E402  (re-exported: subcommands raise it)

@@ -114,16 +114,15 @@ class Reader:
                 pf = self._files[item.path] = PackedFile(item.path)
             return pf.read(item.name, load=load)
         if item.kind == "dock":
-            try:
-                from aiida_deeph.io.dock import read_dock
-            except ImportError:  # TODO: aiida_deeph/io/dock.py (read_dock) is written by the lead
-                raise ValueError("DeepH-dock folders need aiida_deeph.io.dock (not available in this build)") from None
+            from aiida_deeph.io.dock import read_dock
+
             return read_dock(item.path, load=load)
         if item.kind == "openmx":
             from aiida_deeph.io.openmx import find_run_files, scfout_to_packed
             from aiida_deeph.io.scfout import read_scfout
 
-            return scfout_to_packed(read_scfout(find_run_files(item.path)["scfout"]))
+            return scfout_to_packed(read_scfout(find_run_files(item.path)["scfout"], load_density_matrix=False,
+                                                load_position_matrix="position_matrix" in load))
         raise ValueError(f"unknown item kind {item.kind}")
 
 
