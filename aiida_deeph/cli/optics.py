@@ -23,7 +23,8 @@ def run(args) -> int:
     ham = load_hs(folder, "chi(omega) needs", extra=("position_matrix",))
     if ham.position_matrix is None:
         raise CliError(f"{folder} has no position_matrix.h5: convert the OpenMX run with 'aiida-deeph convert "
-                       "openmx RUN_DIR OUT_DIR --position-matrix' (DeepH-dock: --export-r)")
+                       "openmx RUN_DIR OUT_DIR --position-matrix' (DeepH-dock: --export-r), or, for a prediction, "
+                       "start from 'aiida-deeph overlap ... --position-matrix' (two-centre integrals of r)")
     result = susceptibility(ham, mesh=args.mesh, eta=args.eta, omega_max=args.omega_max, num_omega=args.num_omega,
                             num_electrons=args.electrons, s_threshold=args.s_threshold, basis_table=args.basis)
     result["input"] = str(folder.resolve())

@@ -67,7 +67,8 @@ def susceptibility(ham: PackedHamiltonian, mesh, eta: float = 0.1, omega_max: fl
     if ham.position_matrix is None:
         raise OpticsError(
             "the Hamiltonian has no position matrix: convert the OpenMX run with 'aiida-deeph convert openmx "
-            "RUN_DIR OUT_DIR --position-matrix' (the .scfout holds OpenMX's <i|r|j>)")
+            "RUN_DIR OUT_DIR --position-matrix' (the .scfout holds OpenMX's <i|r|j>), or compute it from the PAO "
+            "files ('aiida-deeph overlap --position-matrix', compute_overlap_node(position_matrix=True))")
     if not eta > 0:
         raise OpticsError(f"the broadening eta must be positive, got {eta}")
     if not omega_max > 0 or int(num_omega) < 2:
