@@ -33,5 +33,10 @@ def test_info_json_is_one_object():
                           capture_output=True, text=True, check=True, timeout=300)
     info = json.loads(proc.stdout)
     assert info["preset"] == "paper" and len(info["elements"]) == 24
-    assert info["num_parameters"] == 5795870          # the 5.8 M configuration (issue 13 sizes it further)
+    # the paper's sizes, 80 channels per l and parity (ModelConfig.preset): within 25 % of the paper's 17.28 M
+    assert info["num_parameters"] == 21545310 and abs(info["num_parameters"] / 17.28e6 - 1) < 0.25
+    assert info["model"]["channels"] == 160
+    from aiida_deeph.cli.info import preset_info
+
+    assert preset_info("medium")["num_parameters"] == 5795870      # the former paper preset, kept by name
     assert info["model"]["num_blocks"] == 3

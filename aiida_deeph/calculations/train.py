@@ -11,7 +11,7 @@ from aiida.engine import CalcJob
 from aiida_deeph.data.hamiltonian import HamiltonianData
 from aiida_deeph.data.model import DeepHModelData
 
-PRESETS = ("paper", "small", "tiny")
+PRESETS = ("paper", "medium", "small", "tiny")   # aiida_deeph.ml.model.PRESETS (no torch import here)
 SETTINGS_KEYS = {
     "num_processes": "processes (one per GPU) started by torch.distributed.run on the node; 1: a plain process",
     "max_minutes": "time budget of one job in minutes (0: none); default from max_wallclock_seconds",

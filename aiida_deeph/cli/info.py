@@ -11,7 +11,7 @@ def register(subparsers) -> None:
                      "a basis table (default: the corpus table, 24 elements). With --json stdout is exactly one "
                      "JSON object (keys preset, basis_table, elements, num_parameters, model, train)."),
     )
-    parser.add_argument("--preset", default="small", choices=("tiny", "small", "paper"), help="default: small")
+    parser.add_argument("--preset", default="small", choices=("tiny", "small", "medium", "paper"), help="default: small")
     parser.add_argument("--basis-table", default="corpus", help="basis table name or JSON file (default: corpus)")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.set_defaults(func=run)

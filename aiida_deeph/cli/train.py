@@ -23,7 +23,7 @@ def register(subparsers) -> None:
                               description="Train (or resume, or fine-tune) a DeepH-2 model. PATH: DeepH-dock "
                                           "folders, folders holding them, packed HDF5 files or OpenMX run folders.")
     p.add_argument("--config", help="JSON file: {\"model\": {...ModelConfig}, \"train\": {...TrainConfig}}")
-    p.add_argument("--preset", choices=("paper", "small", "tiny"), default="paper",
+    p.add_argument("--preset", choices=("paper", "medium", "small", "tiny"), default="paper",
                    help="model and schedule preset (default: paper)")
     p.add_argument("--max-minutes", type=float, default=None, help="wall-time budget; stops cleanly, best kept")
     p.add_argument("--max-epochs", type=int, default=None)

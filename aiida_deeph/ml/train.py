@@ -121,9 +121,11 @@ class TrainConfig:
 
     @classmethod
     def preset(cls, name: str, **kw) -> "TrainConfig":
-        if name not in ("paper", "small", "tiny"):
-            raise ValueError(f"unknown training preset {name!r}")
-        base = {} if name == "paper" else dict(lr=2e-3 if name == "small" else 3e-3, lr_patience=10)
+        from .model import PRESETS
+
+        if name not in PRESETS:
+            raise ValueError(f"unknown training preset {name!r} ({', '.join(PRESETS)})")
+        base = {} if name in ("paper", "medium") else dict(lr=2e-3 if name == "small" else 3e-3, lr_patience=10)
         if name == "small":
             # small data: 8:1:1 leaves more structures to learn from than 6:2:2 (the cosine schedule measured
             # worse than ReduceLROnPlateau at 6 and 12 minutes on the carbon set: RESULTS.md)
