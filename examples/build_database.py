@@ -20,6 +20,7 @@ import argparse
 import sys
 
 from aiida import orm
+from aiida.common.exceptions import MultipleObjectsError, NotExistent
 from aiida.engine import run_get_node
 
 from aiida_deeph.workflows.database import DatabaseWorkChain
@@ -48,6 +49,15 @@ def import_structures(files, label, primitive=False):
     return label
 
 
+def _print_rejected(rejected: list, pk: int, limit: int = 20) -> None:
+    """Each rejected candidate with its reason (all of them stay in the node extra ``deeph_rejected``)."""
+    for item in rejected[:limit]:
+        detail = f" ({item['detail']})" if item.get("detail") else ""
+        print(f"  rejected {item.get('mp_id')} {item.get('formula') or ''}: {item.get('reason')}{detail}")
+    if len(rejected) > limit:
+        print(f"  ... and {len(rejected) - limit} more: DatabaseWorkChain<{pk}>.base.extras['deeph_rejected']")
+
+
 def main(argv):
     parser = argparse.ArgumentParser(prog="verdi run examples/build_database.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--code", required=True, help="label of the OpenMX code (aiida-deeph setup openmx)")
@@ -71,7 +81,13 @@ def main(argv):
 
     if (args.source == "files") != bool(args.structures):
         parser.error("--source files and --structures go together")
-    code = orm.load_code(args.code)
+    try:
+        code = orm.load_code(args.code)
+    except (NotExistent, MultipleObjectsError, ValueError) as exc:
+        codes = ", ".join(sorted(orm.QueryBuilder().append((orm.InstalledCode, orm.PortableCode), project="label")
+                                 .all(flat=True))) or "none"
+        raise SystemExit(f"build_database.py: no usable code {args.code!r} ({type(exc).__name__}); codes here: "
+                         f"{codes}. Set one up with `aiida-deeph setup openmx --auto`.") from None
     if code.base.extras.get("deeph_replay", False):
         print("NOTE: code '%s' is the REPLAY stand-in: results are recorded real OpenMX 3.9 outputs, "
               "replayed, not computed now." % code.label)
@@ -98,14 +114,17 @@ def main(argv):
               f"has finished, `verdi data deeph stats {args.group}`")
         return 0
     results, node = run_get_node(DatabaseWorkChain, **inputs)
+    rejected = node.base.extras.get("deeph_rejected", [])
     if "summary" not in results:
         print(f"DatabaseWorkChain<{node.pk}> failed: [{node.exit_status}] {node.exit_message}")
+        _print_rejected(rejected, node.pk)
         return 1
     s = results["summary"].get_dict()
     print(f"DatabaseWorkChain<{node.pk}>: done {s['num_done']}, skipped {s['num_skipped']}, "
           f"failed {s['num_failed']}, rejected candidates {s['num_rejected']}")
     for item in s["failed"]:
         print(f"  failed  {item['mp_id']}: {item['reason']}")
+    _print_rejected(rejected, node.pk)
     for note in s["notes"]:
         print(f"  note: {note}")
     if args.no_stats:

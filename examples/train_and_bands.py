@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from aiida import orm
+from aiida.common.exceptions import NotExistent
 from aiida.engine import run_get_node
 
 from aiida_deeph.data.hamiltonian import HamiltonianData
@@ -133,7 +134,12 @@ def main(argv):
     args = parser.parse_args(argv)
     t_start = time.monotonic()
 
-    group = orm.load_group(args.group)
+    try:
+        group = orm.load_group(args.group)
+    except NotExistent:
+        labels = ", ".join(sorted(orm.QueryBuilder().append(orm.Group, project="label").all(flat=True))) or "none"
+        raise SystemExit(f"train_and_bands.py: no group {args.group!r} (groups here: {labels}; build one with "
+                         f"examples/build_database.py)") from None
     nodes = [n for n in group.nodes if isinstance(n, HamiltonianData)]
     test = [n for n in nodes if n.base.attributes.get("mp_id") == args.test]
     if not test:

@@ -39,6 +39,7 @@ MODEL="$(python -c 'from aiida_deeph.cli.setup import shipped_model; print(shipp
 verdi run examples/build_database.py --code "$CODE" --source files --group "$GROUP" --no-stats \
     --structures "$RES/C-dia2-r008/meta.json" "$RES/C-dia2-r003/meta.json"
 verdi data deeph stats "$GROUP"
+echo "(the demo's AiiDA profile '$PROFILE': in a new shell, 'export AIIDA_PATH=$AIIDA_PATH' before verdi)"
 # shellcheck disable=SC2086
 verdi run examples/train_and_bands.py --group "$GROUP" --test C-dia2-r003 --preset small \
     ${AIIDA_DEEPH_DEMO_TRAIN_ARGS:---model $MODEL}

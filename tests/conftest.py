@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-# Keep AiiDA's configuration out of the user's home during tests.
-os.environ.setdefault("AIIDA_PATH", tempfile.mkdtemp(prefix="aiida-deeph-tests-"))
+# Keep AiiDA's configuration out of the user's home during tests (and remove it when the run ends).
+if "AIIDA_PATH" not in os.environ:
+    import atexit
+    import shutil
+
+    os.environ["AIIDA_PATH"] = tempfile.mkdtemp(prefix="aiida-deeph-tests-")
+    atexit.register(shutil.rmtree, os.environ["AIIDA_PATH"], True)
 
 
 def shared_dir() -> Path:

@@ -40,3 +40,14 @@ def test_info_json_is_one_object():
 
     assert preset_info("medium")["num_parameters"] == 5795870      # the former paper preset, kept by name
     assert info["model"]["num_blocks"] == 3
+
+
+def test_every_option_has_a_help_text():
+    import argparse
+
+    from aiida_deeph.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {a.option_strings or a.dest}" for name, parser in sub.choices.items() for a in parser._actions
+               if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert not missing, missing

@@ -462,13 +462,15 @@ def test_replay_module_cli_errors(tmp_path):
         write_replay_executable(tmp_path / "openmx", tmp_path / "nope")
 
 
-def test_index_cache_follows_changes(tmp_path):
+def test_index_cache_follows_changes(tmp_path, monkeypatch):
     import shutil
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     root = tmp_path / "corpus"
     shutil.copytree(_failures() / "killed", root / "a")
     first = build_index(root)
-    assert (root / ".aiida_deeph_replay_index.json").is_file()  # writable corpus: cache beside it
+    assert not list(root.rglob(".aiida_deeph*")) and not list(root.rglob("index-*.json"))   # nothing in the corpus
+    assert len(list((tmp_path / "cache" / "aiida-deeph" / "replay").glob("index-*.json"))) == 1
     assert list(first.values()) == [str((root / "a").resolve())]
     assert build_index(root) == first
     shutil.copytree(_failures() / "missing-pao", root / "b")

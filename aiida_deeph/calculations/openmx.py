@@ -147,6 +147,8 @@ class OpenmxCalculation(AttachedOutputsMixin, CalcJob):
                        message="OpenMX's eigensolver aborted (ELPA/LAPACK DSTEQR failed): {detail}")
         spec.exit_code(340, "ERROR_NOT_NORMALLY_FINISHED",
                        message="OpenMX stopped before 'The calculation was normally finished.' (killed or crashed): {detail}")
+        spec.exit_code(350, "ERROR_NO_RECORDING",
+                       message="The REPLAY stand-in has no recorded OpenMX run of this input (nothing ran): {detail}")
         spec.exit_code(400, "ERROR_OUT_OF_WALLTIME", message="The calculation ran out of walltime.")
         spec.exit_code(410, "ERROR_SCF_NOT_CONVERGED",
                        message="The SCF did not converge within scf.maxIter={max_iter} steps (last NormRD {normrd}).")

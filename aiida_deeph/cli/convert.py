@@ -9,7 +9,7 @@ def register(subparsers) -> None:
         "convert", help="convert an OpenMX run folder to a DeepH folder",
         description="Convert OpenMX output to the DeepH ecosystem's formats (no AiiDA needed).",
     )
-    sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True, help="what to convert from")
     openmx = sub.add_parser(
         "openmx", help="an OpenMX 3.9 run folder (<name>.out and <name>.scfout, optionally .xz)",
         description=(

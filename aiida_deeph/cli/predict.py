@@ -7,10 +7,11 @@ def register(subparsers) -> None:
                               description="Each input is a DeepH-dock folder with POSCAR, info.json and overlap.h5 "
                                           "(its atom_pairs define the edges); OUT_DIR/<name>/ gets the same files "
                                           "plus the predicted hamiltonian.h5.")
-    p.add_argument("--model", required=True, metavar="MODEL_DIR")
-    p.add_argument("--input", nargs="+", required=True, metavar="DIR")
-    p.add_argument("--output", required=True, metavar="OUT_DIR")
-    p.add_argument("--device", default=None)
+    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="a trained model folder")
+    p.add_argument("--input", nargs="+", required=True, metavar="DIR",
+                   help="DeepH-dock folders with POSCAR, info.json and overlap.h5 (e.g. from `aiida-deeph overlap`)")
+    p.add_argument("--output", required=True, metavar="OUT_DIR", help="one output folder per input, same name")
+    p.add_argument("--device", default=None, help="torch device (default cpu)")
     p.set_defaults(func=run)
 
 

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, metavar="MODEL_DIR", help="a trained model folder (config.json, best.pt)")
     p.add_argument("--data", nargs="+", required=True, metavar="PATH",
                    help="DFT data: packed .h5 files, DeepH-dock folders, OpenMX run folders, or folders of them")
-    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--output", required=True, metavar="DIR", help="where report.json, the PNGs and predictions.h5 go")
     p.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
                    help="which part of the model's split.json to evaluate (default: test when split.json matches "
                         "--data, else all of --data)")
@@ -41,7 +41,7 @@ def register(subparsers) -> None:
                    help="PAO files: the position matrix of structures whose data hold none (for chi)")
     p.add_argument("--basis", default="corpus", help="basis table of the electron counts (default corpus)")
     p.add_argument("--device", default=None, help="torch device of the predictions (default cpu)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines and no summary line")
     p.set_defaults(func=run)
 
 

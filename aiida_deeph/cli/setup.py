@@ -7,7 +7,7 @@ from pathlib import Path
 def register(subparsers) -> None:
     parser = subparsers.add_parser("setup", help="set up AiiDA codes (needs an AiiDA profile)",
                                    description="Set up AiiDA codes for aiida-deeph in the current profile.")
-    sub = parser.add_subparsers(dest="what", metavar="CODE", required=True)
+    sub = parser.add_subparsers(dest="what", metavar="CODE", required=True, help="which code to set up")
     openmx = sub.add_parser(
         "openmx", help="an OpenMX 3.9 executable",
         description=(

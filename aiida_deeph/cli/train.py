@@ -26,12 +26,14 @@ def register(subparsers) -> None:
     p.add_argument("--preset", choices=("paper", "medium", "small", "tiny"), default="paper",
                    help="model and schedule preset (default: paper)")
     p.add_argument("--max-minutes", type=float, default=None, help="wall-time budget; stops cleanly, best kept")
-    p.add_argument("--max-epochs", type=int, default=None)
-    p.add_argument("--data", nargs="+", required=True, metavar="PATH")
-    p.add_argument("--output", required=True, metavar="MODEL_DIR")
+    p.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs (default: the preset's)")
+    p.add_argument("--data", nargs="+", required=True, metavar="PATH",
+                   help="training data: packed .h5 files, DeepH-dock folders, OpenMX run folders, or folders of them")
+    p.add_argument("--output", required=True, metavar="MODEL_DIR",
+                   help="the model folder (created; an existing one is resumed)")
     p.add_argument("--parent", metavar="MODEL_DIR", help="fine-tune from this model (new elements allowed)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing MODEL_DIR")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="random seed of the split, initialisation and order")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--workers", type=int, default=None, help="data-loader worker processes")
     p.add_argument("--amp", action="store_true", help="bf16 autocast of the network trunk (the output heads, Wigner-Eckart layer and loss stay float32); "

@@ -88,6 +88,9 @@ class OpenmxParser(Parser):
         return None
 
     def _not_finished(self, diag):
+        replay = self._replay_error()
+        if replay:
+            return self.exit_codes.ERROR_NO_RECORDING.format(detail=replay)
         detail = f"stdout stops at SCF step {diag['last_scf_step']}" if diag.get("last_scf_step") else "stdout incomplete"
         if diag["errors"]:
             detail += f"; {diag['errors'][-1]}"
@@ -95,6 +98,12 @@ class OpenmxParser(Parser):
         if last:
             detail += f"; stderr: {last}"
         return self.exit_codes.ERROR_NOT_NORMALLY_FINISHED.format(detail=detail)
+
+    def _replay_error(self) -> str:
+        """The replay stand-in's own error line (it recorded no run of this input), or ''."""
+        marker = "REPLAY openmx stand-in: ERROR: "
+        line = self._last_stderr_line(limit=2000)
+        return line.split(marker, 1)[1][:600] if marker in line else ""
 
     def _last_stderr_line(self, limit: int = 300) -> str:
         """The last non-empty line of the job's stderr (mpirun, the MPI library or the OS say why a run

@@ -48,7 +48,6 @@ __all__ = [
 ENV_VAR = "AIIDA_DEEPH_REPLAY_CORPUS"
 TIME_SCALE_VAR = "AIIDA_DEEPH_REPLAY_TIME_SCALE"
 KEY_VERSION = 1
-INDEX_FILE = ".aiida_deeph_replay_index.json"
 _OUTPUT_SUFFIXES = ("out", "scfout", "Band")
 
 # keywords that do not change the physics of the run (lowercased; prefixes end with '.')
@@ -237,19 +236,21 @@ def _compute_index(dats: list) -> dict:
     return {"keys": keys, "structures": structures, "unreadable": bad}
 
 
+def cache_dir() -> Path:
+    """``${XDG_CACHE_HOME:-~/.cache}/aiida-deeph/replay``: caches live outside the package and the corpus."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "aiida-deeph" / "replay"
+
+
 def _cache_path(roots: list) -> list:
     tag = hashlib.sha256("|".join(map(str, roots)).encode()).hexdigest()[:16]
-    paths = []
-    if len(roots) == 1 and roots[0].is_dir():
-        paths.append(roots[0] / INDEX_FILE)
-    paths.append(Path(tempfile.gettempdir()) / f"aiida_deeph_replay_{tag}.json")
-    return paths
+    return [cache_dir() / f"index-{tag}.json", Path(tempfile.gettempdir()) / f"aiida_deeph_replay_{tag}.json"]
 
 
 def load_index(corpus_dirs) -> dict:
     """Full index ``{'keys': {key: dat path}, 'structures': {...}, 'unreadable': {...}}``, cached.
 
-    The cache (JSON) lives in the corpus folder when writable, else in the temp folder; it is
+    The cache (JSON) lives in the user's cache folder (:func:`cache_dir`), else in the temp folder; it is
     rebuilt when the set of recorded inputs, any input's mtime or size, or the key version changed
     (the keys depend only on the inputs; outputs are looked up at replay time).
     """
@@ -267,6 +268,7 @@ def load_index(corpus_dirs) -> dict:
     index = _compute_index(dats)
     for path in candidates:
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps({"signature": signature, "index": index}))
             os.replace(tmp, path)

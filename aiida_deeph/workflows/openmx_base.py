@@ -101,6 +101,13 @@ class OpenmxBaseWorkChain(AttachedOutputsMixin, BaseRestartWorkChain):
         self.ctx.inputs.parameters = orm.Dict(nest_keywords(params))
 
     # ------------------------------------------------------------------ handlers
+    @process_handler(priority=610, exit_codes=OpenmxCalculation.exit_codes.ERROR_NO_RECORDING)
+    def handle_no_recording(self, calculation):
+        """The replay stand-in has no recording of this input: a rerun would replay nothing again."""
+        self.report(f"{calculation.process_label}<{calculation.pk}>: {calculation.exit_message}; not retried")
+        return ProcessHandlerReport(True, self.exit_codes.ERROR_UNRECOVERABLE_FAILURE.format(
+            message=calculation.exit_message))
+
     @process_handler(priority=600, exit_codes=OpenmxCalculation.exit_codes.ERROR_MISSING_PSEUDO_FILE)
     def handle_missing_pseudo(self, calculation):
         self.report(f"{calculation.process_label}<{calculation.pk}>: {calculation.exit_message}; not recoverable")
