@@ -1,4 +1,6 @@
 """OpenmxBaseWorkChain handlers and the DatabaseWorkChain, run through AiiDA with the replay stand-in."""
+import time
+
 import pytest
 from aiida import orm
 from aiida.engine import run_get_node
@@ -194,27 +196,42 @@ def test_sanity_check_fails_the_base_workchain(openmx_code, monkeypatch):
     assert "on-site overlap diagonal" in node.exit_message
 
 
-def test_database_window_refills_as_each_run_ends(openmx_code, monkeypatch):
-    """max_concurrent is a rolling window: a new structure starts when any run ends, not when its batch does."""
-    from aiida_deeph.testing.replay import TIME_SCALE_VAR
+def test_database_window_refills_as_each_run_ends(openmx_code, monkeypatch, tmp_path):
+    """max_concurrent is a rolling window: a new structure starts when any run ends, not when its batch does.
 
-    # replays wait 0.05 x the recorded wall time: mp-10044 6.6 s, the others 0.5-1.8 s
-    monkeypatch.setenv(TIME_SCALE_VAR, "0.05")
+    Event order, not wall-clock races: the replay of the first structure (mp-10044) is held until the third one
+    has been submitted. With a rolling window the third starts as soon as the second (fast) run ends, which
+    releases the first; with batches it would wait for the held run, which ends only after the hold's timeout.
+    """
+    from aiida_deeph.testing.replay import HOLD_VAR
+
     ids = ["mp-10044", "mp-632172", "mp-684609", "mp-79"]   # launched in this order (2 sites each, then by id)
+    sentinel = tmp_path / "third-submitted"
+    monkeypatch.setenv(HOLD_VAR, f"mp-10044:{sentinel}")
+    events = []
+    original = DatabaseWorkChain._submit
+
+    def submit(self, pk):
+        node = original(self, pk)
+        label = node.label
+        events.append(("submitted", label, time.monotonic()))
+        if label == "mp-684609":
+            sentinel.touch()
+        return node
+
+    monkeypatch.setattr(DatabaseWorkChain, "_submit", submit)
     sgroup = orm.Group(label="test-structures-window").store()
     sgroup.add_nodes([corpus_structure(i).store() for i in ids])
+    t0 = time.monotonic()
     results, node = run_get_node(DatabaseWorkChain, code=openmx_code, source=orm.Str("group"),
                                  structure_group=orm.Str(sgroup.label), group_label=orm.Str("test-db-window"),
                                  max_concurrent=orm.Int(2))
     assert node.is_finished_ok and results["summary"]["num_done"] == 4
+    assert [e[1] for e in events] == ids
     children = {c.label: c for c in node.called}
-    assert sorted(children) == sorted(ids)
-    slow = children["mp-10044"]
-    # the third structure started while the slow first one was still running (batches of 2 would have
-    # waited for it). Only that one is checked: whether the fourth also fits in the slow run's 6.6 s
-    # depends on how loaded the machine is (three short runs plus the engine's overhead take 6-8 s).
-    late = children["mp-684609"]
-    assert late.ctime < slow.mtime, (late.ctime, slow.mtime)
+    slow, late = children["mp-10044"], children["mp-684609"]
+    assert late.ctime < slow.mtime, (late.ctime, slow.mtime)       # the third started while the first still ran
+    assert time.monotonic() - t0 < 100, "the held run was released only by its timeout: no rolling window"
     starts = sorted(c.ctime for c in children.values())
     running_at = [sum(1 for c in children.values() if c.ctime <= t < c.mtime) for t in starts]
     assert max(running_at) <= 2, running_at    # never more than max_concurrent at once

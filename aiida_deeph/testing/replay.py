@@ -47,6 +47,10 @@ __all__ = [
 
 ENV_VAR = "AIIDA_DEEPH_REPLAY_CORPUS"
 TIME_SCALE_VAR = "AIIDA_DEEPH_REPLAY_TIME_SCALE"
+# "RUN:FILE": the replay of the recording in folder RUN waits until FILE exists (at most HOLD_MAX_S): tests of
+# scheduling order, which then assert the order of events instead of racing wall-clock times
+HOLD_VAR = "AIIDA_DEEPH_REPLAY_HOLD"
+HOLD_MAX_S = 120.0
 KEY_VERSION = 1
 _OUTPUT_SUFFIXES = ("out", "scfout", "Band")
 
@@ -353,6 +357,7 @@ def replay(input_path, corpus_dirs, workdir=None, stdout=None, stderr=None) -> i
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     band_on = (get_keyword(params, "Band.dispersion") or ["off"])[0].lower() == "on"
+    _hold(folder, stderr)
     _sleep_like_the_recording(folder, stderr)
     copied = []
     for suffix in _OUTPUT_SUFFIXES:
@@ -376,6 +381,17 @@ def replay(input_path, corpus_dirs, workdir=None, stdout=None, stderr=None) -> i
         stdout.write(data.decode("latin-1"))
         stdout.flush()
     return _recorded_returncode(folder, data)
+
+
+def _hold(folder: Path, stderr) -> None:
+    """With ``$AIIDA_DEEPH_REPLAY_HOLD`` = ``RUN:FILE`` and this recording in folder RUN, wait for FILE."""
+    run, _, sentinel = os.environ.get(HOLD_VAR, "").partition(":")
+    if not sentinel or folder.name != run:
+        return
+    print(f"REPLAY: holding {run} until {sentinel} exists (at most {HOLD_MAX_S:g} s)", file=stderr, flush=True)
+    end = time.monotonic() + HOLD_MAX_S
+    while not os.path.exists(sentinel) and time.monotonic() < end:
+        time.sleep(0.05)
 
 
 def _sleep_like_the_recording(folder: Path, stderr) -> None:
