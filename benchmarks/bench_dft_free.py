@@ -39,12 +39,13 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from pymatgen.core import Structure
+
     from aiida_deeph.ml.predict import predict_hamiltonian
     from aiida_deeph.ml.train import load_model
     from aiida_deeph.overlap import compute_overlap
     from aiida_deeph.physics.bands import fermi_level, solve_bands
     from aiida_deeph.physics.kpath import auto_kpath
-    from pymatgen.core import Structure
 
     corpus = Path(args.shared) / "openmx-corpus"
     pao_dir = Path(args.shared) / "openmx-data" / "PAO"

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_database import cpu_seconds, make_profile   # same profile settings and CPU measure
+from bench_database import cpu_seconds, make_profile  # same profile settings and CPU measure
 
 
 def main():

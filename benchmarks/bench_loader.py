@@ -6,7 +6,7 @@
 1. Generation (skipped when ``DIR/shards`` already holds the set): ``--num`` cell sizes drawn from the MP
    snapshot's atoms-per-cell distribution (``bench_train.size_mix``), each a corpus cell tiled onto a
    supercell (``physics.bands.supercell``: exact DFT targets), written ``--shard-size`` per packed file with
-   the one shard writer (``io.packed.write_packed``, streamed: one structure in memory at a time).
+   the one shard writer (``core.packed.write_packed``, streamed: one structure in memory at a time).
 2. Reading, as training reads: ``ml.data.discover`` on the shard folder, ``StructureDataset`` (no cache, so every
    structure comes from disk) and ``make_loader`` with each ``--workers`` count, in the training order (a
    permutation, so shards are hit at random). At each checkpoint (structures read so far) it records the
@@ -58,8 +58,8 @@ def _self_rss_gb() -> float:
 
 
 def generate(shards: Path, num: int, shard_size: int, compression, log=print) -> dict:
+    from aiida_deeph.core.packed import write_packed
     from aiida_deeph.io.openmx import find_run_files, scfout_to_packed
-    from aiida_deeph.io.packed import write_packed
     from aiida_deeph.io.scfout import read_scfout
 
     shards.mkdir(parents=True, exist_ok=True)
@@ -87,10 +87,9 @@ def generate(shards: Path, num: int, shard_size: int, compression, log=print) ->
 
 
 def read(shards: Path, workers: int, checkpoints, log=print) -> list:
+    from aiida_deeph.core.basis import load_basis_table
     from aiida_deeph.ml.data import StructureDataset, discover, make_loader
     from aiida_deeph.ml.model import BasisMap, ModelConfig
-
-    from aiida_deeph.physics.basis import load_basis_table
 
     items = discover([shards])
     # a config over the corpus table's elements (only its basis map is used: no network is built)

@@ -28,8 +28,8 @@ CRYSTALS = {  # experimental lattice constants (Angstrom), fcc primitive cell, t
 
 
 def run_openmx(name: str, out: Path, threads: int = 2) -> Path:
-    from aiida_deeph.io.openmx_install import locate_openmx
     from aiida_deeph.io.openmx_input import write_input_from_protocol
+    from aiida_deeph.io.openmx_install import locate_openmx
 
     install, why = locate_openmx()
     if install is None:

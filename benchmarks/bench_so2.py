@@ -39,9 +39,8 @@ def layout_compare(args):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.test_ml_so2_layout import _EquiLinearReference, _SO2LinearReference
-
     from aiida_deeph.ml.so2 import EquiLinear, SO2Linear
+    from tests.test_ml_so2_layout import _EquiLinearReference, _SO2LinearReference
 
     dtype = getattr(torch, args.dtype)
     dev = torch.device(args.device)

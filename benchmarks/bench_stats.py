@@ -131,7 +131,7 @@ def add_failures(group, rng: random.Random, num_failed: int) -> None:
     from aiida import orm
     from aiida.common.links import LinkType
 
-    from aiida_deeph.cmdline.stats import DATABASE_PROCESS_TYPE, WORKCHAINS_EXTRA
+    from aiida_deeph.data.stats import DATABASE_PROCESS_TYPE, WORKCHAINS_EXTRA
 
     refs = []
     for _ in range(3):
@@ -170,7 +170,7 @@ def main(argv=None):
         make_profile(workdir)
         from aiida import orm
 
-        from aiida_deeph.cmdline.stats import collect_stats, plot_stats
+        from aiida_deeph.data.stats import collect_stats, plot_stats
 
         rng = random.Random(12345)
         group = orm.Group(label="bench-stats").store()

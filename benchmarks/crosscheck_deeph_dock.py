@@ -139,7 +139,7 @@ def compare_h5(dock: dict, ours: dict) -> dict:
 def parse_band_file(path: Path):
     """(path lines, k fractional (nk,3), eigenvalues in eV (nk, nb)) from an OpenMX .Band (spin 0)."""
     lines = path.read_text().split("\n")
-    nb, spin = int(lines[0].split()[0]), int(lines[0].split()[1])
+    spin = int(lines[0].split()[1])
     if spin != 0:
         raise ValueError(f"{path}: spin-polarised .Band not supported")
     npath = int(lines[2].split()[0])
@@ -296,7 +296,6 @@ def check_run(run_dir: Path, work: Path, args) -> dict:
 
 # ---------------------------------------------------------------------------- main
 def main(argv=None) -> int:
-    here = Path(__file__).resolve().parent.parent
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="*", help=f"run folders or names under --corpus (default: {' '.join(DEFAULT_RUNS)})")
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)

@@ -89,8 +89,8 @@ def main(argv):
         raise SystemExit(f"build_database.py: no usable code {args.code!r} ({type(exc).__name__}); codes here: "
                          f"{codes}. Set one up with `aiida-deeph setup openmx --auto`.") from None
     if code.base.extras.get("deeph_replay", False):
-        print("NOTE: code '%s' is the REPLAY stand-in: results are recorded real OpenMX 3.9 outputs, "
-              "replayed, not computed now." % code.label)
+        print(f"NOTE: code '{code.label}' is the REPLAY stand-in: results are recorded real OpenMX 3.9 outputs, "
+              "replayed, not computed now.")
     inputs = {
         "code": code, "source": orm.Str(args.source), "group_label": orm.Str(args.group),
         "protocol": orm.Str(args.protocol), "max_concurrent": orm.Int(args.max_concurrent),
@@ -130,7 +130,7 @@ def main(argv):
     if args.no_stats:
         return 0
     try:
-        from aiida_deeph.cmdline.stats import collect_stats, format_stats
+        from aiida_deeph.data.stats import collect_stats, format_stats
     except ImportError:
         return 0
     print(format_stats(collect_stats(args.group)))

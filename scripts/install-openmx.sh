@@ -153,7 +153,7 @@ _iox_data() {
     local here="$1" from="$2" out="$3" py=python3 names
     [ -x "$here/.venv/bin/python" ] && py="$here/.venv/bin/python"
     names="$(cd "$here" && PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$py" - <<'EOF' 2>/dev/null
-from aiida_deeph.physics.basis import load_basis_table
+from aiida_deeph.core.basis import load_basis_table
 table = load_basis_table("corpus")
 for element in sorted(table.elements):
     print(table.pao(element).pao_file + ".pao", table.entry(element)["vps"] + ".vps")

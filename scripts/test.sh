@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/install.sh
+# Lint and architecture first (seconds): ruff's rules and the import-linter contracts of pyproject.toml
+ruff check aiida_deeph tests benchmarks examples scripts
+lint-imports --no-cache >/dev/null || lint-imports --no-cache
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 if [ -f scripts/slurm-local.sh ]; then
     . scripts/slurm-local.sh || true       # starts a local Slurm when possible (root); tests skip otherwise

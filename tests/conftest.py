@@ -99,3 +99,41 @@ def slurm_computer(aiida_profile, tmp_path):
             pytest.fail(f"CI requires the Slurm tests to run (scripts/slurm-local.sh as root): {reason}")
         pytest.skip(reason)
     return setup_slurm_computer(label="localhost-slurm", workdir=str(tmp_path / "slurm-work"))
+
+
+# ---------------------------------------------------------------- helpers shared by several test modules
+def load_corpus(mp_id: str):
+    """The PackedHamiltonian of a corpus run (skips the test when the run is not there)."""
+    from aiida_deeph.io.openmx import find_run_files, scfout_to_packed
+    from aiida_deeph.io.scfout import read_scfout
+
+    folder = corpus_dir() / mp_id
+    if not folder.is_dir():
+        pytest.skip(f"corpus structure {mp_id} not available")
+    return scfout_to_packed(read_scfout(find_run_files(folder)["scfout"]))
+
+
+def random_rotation(seed):
+    """A random 3x3 rotation matrix (scipy), reproducible by seed."""
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.random(random_state=seed).as_matrix()
+
+
+def si_failure_builder(code, maxiter, criterion="1.0e-10", basis_pao="Si7.0-s2p2d1"):
+    """An OpenmxCalculation builder of Si whose recorded runs fail in known ways (../shared/openmx-failures)."""
+    from aiida import orm
+    from pymatgen.core import Lattice, Structure
+
+    from aiida_deeph.calculations.openmx import OpenmxCalculation
+
+    s = Structure(Lattice([[0, 2.715, 2.715], [2.715, 0, 2.715], [2.715, 2.715, 0]]), ["Si", "Si"],
+                  [[0, 0, 0], [1.3575, 1.3575, 1.3575]], coords_are_cartesian=True)
+    overrides = {"parameters": {"scf.maxIter": str(maxiter), "scf.criterion": criterion}}
+    builder = OpenmxCalculation.get_builder_from_protocol(code, orm.StructureData(pymatgen=s), overrides=overrides)
+    kp = orm.KpointsData()
+    kp.set_kpoints_mesh([6, 6, 6])
+    builder.kpoints = kp
+    builder.basis = orm.Dict({"name": "test", "elements": {"Si": {"pao": basis_pao, "vps": "Si_PBE19", "valence": 4}}})
+    builder.metadata.options.withmpi = False
+    return builder

@@ -9,17 +9,23 @@ import sys
 import numpy as np
 import pytest
 
+from aiida_deeph.core.lattice import cartesian_to_fractional
+from aiida_deeph.core.packed import PackedHamiltonian
 from aiida_deeph.io.dock import write_dock
 from aiida_deeph.io.openmx import load_openmx_run, read_text
 from aiida_deeph.io.openmx_band import read_band
 from aiida_deeph.io.openmx_out import parse_out_eigenvalues
-from aiida_deeph.io.packed import PackedHamiltonian
 from aiida_deeph.physics.bands import (
-    BandsError, band_energies, band_energies_window, band_gap, fermi_level, monkhorst_pack, solve_bands, supercell,
+    BandsError,
+    band_energies,
+    band_energies_window,
+    band_gap,
+    fermi_level,
+    monkhorst_pack,
+    solve_bands,
+    supercell,
 )
-from aiida_deeph.physics.kpath import (
-    KpathError, auto_kpath, cartesian_to_fractional, read_kpoints_file, write_kpoints_file,
-)
+from aiida_deeph.physics.kpath import KpathError, auto_kpath, read_kpoints_file, write_kpoints_file
 
 from .conftest import corpus_dir, corpus_ids_with_band
 

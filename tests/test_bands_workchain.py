@@ -16,8 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("e3nn")
 
-from .conftest import corpus_structure  # noqa: E402
-from .test_ml_equivariance import load_corpus  # noqa: E402
+from .conftest import corpus_structure, load_corpus
 
 TRAIN_ID = "mp-22862"   # NaCl: in the model
 OTHER_ID = "mp-23251"   # KBr: elements unknown to the model
@@ -25,7 +24,7 @@ OTHER_ID = "mp-23251"   # KBr: elements unknown to the model
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from aiida_deeph.io.packed import write_packed
+    from aiida_deeph.core.packed import write_packed
     from aiida_deeph.ml.model import ModelConfig
     from aiida_deeph.ml.train import TrainConfig, train
 

@@ -174,8 +174,8 @@ def _summary(workflow, failed):
 def test_failures_from_database_workchains(aiida_profile):
     from aiida import orm
 
-    from aiida_deeph.cmdline.stats import DATABASE_PROCESS_TYPE, WORKCHAINS_EXTRA, collect_stats
     from aiida_deeph.data.hamiltonian import HamiltonianData
+    from aiida_deeph.data.stats import DATABASE_PROCESS_TYPE, WORKCHAINS_EXTRA, collect_stats
     from aiida_deeph.io.openmx import load_openmx_run
 
     group = orm.Group(label=f"deeph-failures-{uuidlib.uuid4().hex[:10]}").store()
@@ -244,7 +244,7 @@ def test_export_dock_round_trip(dataset, tmp_path):
 def test_export_packed_shards(dataset, tmp_path):
     from aiida import orm
 
-    from aiida_deeph.io.packed import PackedFile
+    from aiida_deeph.core.packed import PackedFile
 
     label, pks = dataset
     out = tmp_path / "packed"

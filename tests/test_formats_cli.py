@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from aiida_deeph.core.packed import PackedFile, PackedFormatError, PackedHamiltonian, write_packed
 from aiida_deeph.io.dock import read_dock, read_legacy, write_dock, write_legacy
 from aiida_deeph.io.openmx import load_openmx_run
-from aiida_deeph.io.packed import PackedFile, PackedFormatError, PackedHamiltonian, write_packed
 
 from .conftest import corpus_dir, shared_dir
 
@@ -163,9 +163,9 @@ def test_packed_file_checks(tmp_path):
     assert not (tmp_path / "z.h5").exists()
 
 
-PURE = ["aiida_deeph.io.packed", "aiida_deeph.io.scfout", "aiida_deeph.io.openmx", "aiida_deeph.io.dock",
+PURE = ["aiida_deeph.core.packed", "aiida_deeph.io.scfout", "aiida_deeph.io.openmx", "aiida_deeph.io.dock",
         "aiida_deeph.io.openmx_input", "aiida_deeph.io.openmx_out", "aiida_deeph.io.openmx_band",
-        "aiida_deeph.physics.bands", "aiida_deeph.physics.basis", "aiida_deeph.cli.main",
+        "aiida_deeph.physics.bands", "aiida_deeph.core.basis", "aiida_deeph.cli.main",
         "aiida_deeph.testing.replay", "aiida_deeph.overlap", "aiida_deeph.ml"]
 
 

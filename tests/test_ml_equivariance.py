@@ -1,33 +1,17 @@
 """Equivariance / invariance of the DeepH-2 model on real corpus structures (float64)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("e3nn")
 
-from aiida_deeph.io.packed import PackedHamiltonian  # noqa: E402
+from aiida_deeph.core.packed import PackedHamiltonian  # noqa: E402
 from aiida_deeph.ml.harmonics import atom_wigner_D  # noqa: E402
 from aiida_deeph.ml.model import DeepH2, ModelConfig, basis_metadata  # noqa: E402
 
-try:
-    from .conftest import corpus_dir
-    CORPUS = corpus_dir()
-except ImportError:  # pragma: no cover
-    CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "openmx-corpus"
-
-
-def load_corpus(mp_id: str) -> PackedHamiltonian:
-    from aiida_deeph.io.openmx import find_run_files, scfout_to_packed
-    from aiida_deeph.io.scfout import read_scfout
-
-    folder = CORPUS / mp_id
-    if not folder.is_dir():
-        pytest.skip(f"corpus structure {mp_id} not available")
-    return scfout_to_packed(read_scfout(find_run_files(folder)["scfout"]))
+from .conftest import load_corpus, random_rotation  # noqa: E402,F401  (shared helpers)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,7 +55,8 @@ def blocks(ham, flat):
     return [flat[ham.offsets[p]:ham.offsets[p + 1]].reshape(ham.block_shape(p)) for p in range(ham.num_pairs)]
 
 
-def transformed(ham: PackedHamiltonian, R: np.ndarray, shift=np.zeros(3)) -> PackedHamiltonian:
+def transformed(ham: PackedHamiltonian, R: np.ndarray, shift=None) -> PackedHamiltonian:
+    shift = np.zeros(3) if shift is None else shift
     new = ham.copy()
     new.positions = ham.positions @ R.T + shift
     new.cell = ham.cell @ R.T
@@ -91,12 +76,6 @@ def check_covariant(ham, model, R, tol=1e-10):
     assert scale > 1e-3
     assert err < tol * max(scale, 1.0), err
     return err
-
-
-def random_rotation(seed):
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.random(random_state=seed).as_matrix()
 
 
 def test_rotation_equivariance(ham, model):

@@ -9,7 +9,8 @@ pytest.importorskip("e3nn")
 
 from aiida_deeph.ml.loss import MetricAccumulator, gauge_loss, gauge_residual, gauge_shift  # noqa: E402
 from aiida_deeph.ml.model import BasisMap, ModelConfig, basis_metadata, collate_graphs, prepare_graph  # noqa: E402
-from .test_ml_equivariance import load_corpus  # noqa: E402
+
+from .conftest import load_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,7 @@ def test_metrics_gauge_invariant(batch):
 def carbon_batch():
     """Two real rattled-diamond cells (2 and 8 atoms, DeepH-dock folders) with the k-space fields."""
     from aiida_deeph.io.dock import read_dock
+
     from .conftest import shared_dir
 
     root = shared_dir() / "openmx-carbon"

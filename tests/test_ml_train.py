@@ -15,10 +15,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("e3nn")
 
-from aiida_deeph.io.packed import write_packed  # noqa: E402
+from aiida_deeph.core.packed import write_packed  # noqa: E402
 from aiida_deeph.ml.model import ModelConfig  # noqa: E402
 from aiida_deeph.ml.train import TrainConfig, load_checkpoint, load_model, train  # noqa: E402
-from .test_ml_equivariance import load_corpus  # noqa: E402
+
+from .conftest import load_corpus  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -244,7 +245,8 @@ def test_amp_bf16_trains_with_float32_heads(ca_file, tmp_path):
     """--amp: bf16 autocast of the trunk (CPU autocast here, as on CUDA). index_add_ of a bf16 message into
     the float32 residual stream raised before; the heads and the loss stay float32."""
     from aiida_deeph.ml.model import DeepH2, collate_graphs, prepare_graph
-    from .test_ml_equivariance import load_corpus
+
+    from .conftest import load_corpus
 
     ham = load_corpus("mp-21")
     from aiida_deeph.ml.model import basis_metadata

@@ -7,10 +7,17 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("e3nn")
 
-from aiida_deeph.ml.harmonics import (_openmx_functions, atom_wigner_D, float64_default,  # noqa: E402
-                                      openmx_from_e3nn, openmx_wigner_D, orbital_positions)
+from aiida_deeph.ml.harmonics import (  # noqa: E402
+    _openmx_functions,
+    atom_wigner_D,
+    float64_default,
+    openmx_from_e3nn,
+    openmx_wigner_D,
+    orbital_positions,
+)
 from aiida_deeph.ml.wigner_eckart import PairBasis, irreps_to_sub_block, sub_block_to_irreps  # noqa: E402
-from .test_ml_equivariance import load_corpus, random_rotation  # noqa: E402
+
+from .conftest import load_corpus, random_rotation  # noqa: E402
 
 
 @pytest.mark.parametrize("l", [0, 1, 2])

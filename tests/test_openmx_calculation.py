@@ -8,7 +8,7 @@ from aiida_deeph.calculations.openmx import OpenmxCalculation
 from aiida_deeph.data.hamiltonian import HamiltonianData
 from aiida_deeph.io.openmx import load_openmx_run
 
-from .conftest import corpus_dir, corpus_structure, shared_dir
+from .conftest import corpus_dir, corpus_structure, shared_dir, si_failure_builder
 
 
 def test_protocol_run_produces_hamiltonian(openmx_code):
@@ -38,21 +38,6 @@ def test_protocol_run_produces_hamiltonian(openmx_code):
     # H(k) is Hermitian
     hk = ham.hk([0.1, 0.2, 0.3])
     assert np.abs(hk - hk.conj().T).max() < 1e-6  # OpenMX H(R) vs H(-R)^T agree to ~1e-9 eV
-
-
-def si_failure_builder(code, maxiter, criterion="1.0e-10", basis_pao="Si7.0-s2p2d1"):
-    from pymatgen.core import Lattice, Structure
-
-    s = Structure(Lattice([[0, 2.715, 2.715], [2.715, 0, 2.715], [2.715, 2.715, 0]]), ["Si", "Si"],
-                  [[0, 0, 0], [1.3575, 1.3575, 1.3575]], coords_are_cartesian=True)
-    overrides = {"parameters": {"scf.maxIter": str(maxiter), "scf.criterion": criterion}}
-    builder = OpenmxCalculation.get_builder_from_protocol(code, orm.StructureData(pymatgen=s), overrides=overrides)
-    kp = orm.KpointsData()
-    kp.set_kpoints_mesh([6, 6, 6])
-    builder.kpoints = kp
-    builder.basis = orm.Dict({"name": "test", "elements": {"Si": {"pao": basis_pao, "vps": "Si_PBE19", "valence": 4}}})
-    builder.metadata.options.withmpi = False
-    return builder
 
 
 @pytest.mark.parametrize("case, maxiter, pao, exit_label", [

@@ -11,12 +11,13 @@ import sys
 import numpy as np
 import pytest
 
+from aiida_deeph.core.constants import HARTREE_TO_EV
+from aiida_deeph.core.lattice import kpoint_grid
 from aiida_deeph.io.openmx_band import OpenmxBandError, read_band
 from aiida_deeph.io.openmx_input import (
     OpenmxInputError,
     format_input,
     get_keyword,
-    kpoint_grid,
     list_protocols,
     load_protocol,
     parse_input,
@@ -25,7 +26,6 @@ from aiida_deeph.io.openmx_input import (
     write_input_from_protocol,
 )
 from aiida_deeph.io.openmx_out import OpenmxOutputError, parse_out, parse_out_eigenvalues, parse_stdout
-from aiida_deeph.physics.constants import HARTREE_TO_EV
 from aiida_deeph.testing.replay import (
     ENV_VAR,
     ReplayError,
@@ -485,7 +485,7 @@ def test_index_cache_follows_changes(tmp_path, monkeypatch):
 @pytest.mark.parametrize("run", ["mp-92", "mp-4280", "mp-7000"])
 def test_physics_key_units(run):
     """The same structure given in FRAC or AU coordinates has the same physics key."""
-    from aiida_deeph.physics.constants import BOHR_TO_ANGSTROM
+    from aiida_deeph.core.constants import BOHR_TO_ANGSTROM
 
     text = (_corpus() / run / "openmx.dat").read_text()
     params = parse_input(text)

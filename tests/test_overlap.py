@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 
+from aiida_deeph.core.constants import HARTREE_TO_EV
 from aiida_deeph.io.openmx import scfout_to_packed
 from aiida_deeph.io.scfout import read_scfout
 from aiida_deeph.overlap import OverlapError, compute_overlap, find_pairs, load_basis_functions, read_pao
 from aiida_deeph.overlap.pao import parse_pao_text
 from aiida_deeph.overlap.twocenter import PairOverlap
-from aiida_deeph.physics.constants import HARTREE_TO_EV
 
 from .conftest import corpus_dir, corpus_ids, shared_dir
 
@@ -142,7 +142,7 @@ def test_hermiticity_between_directions(openmx_runs):
 
 def test_all_table_elements_together():
     """All 24 elements of the corpus basis table in one cell: every element pair, S(k) > 0, S^T symmetry."""
-    from aiida_deeph.physics.basis import load_basis_table
+    from aiida_deeph.core.basis import load_basis_table
 
     els = sorted(load_basis_table("corpus").elements)
     assert len(els) == 24
@@ -224,7 +224,7 @@ def test_find_pairs_scales_and_matches_bruteforce():
     rc = rng.choice([6.0, 7.0, 9.0], size=12)
     pairs, vec = find_pairs(cell, pos, rc)
     # brute force over a generous image range
-    from aiida_deeph.physics.constants import BOHR_TO_ANGSTROM
+    from aiida_deeph.core.constants import BOHR_TO_ANGSTROM
 
     expect = set()
     rng_n = range(-6, 7)

@@ -46,7 +46,7 @@ def test_overlap_node_equals_openmx(aiida_profile, mp_id):
 def test_overlap_node_with_basis_dict_and_bad_input(aiida_profile):
     from aiida import orm
 
-    from aiida_deeph.physics.basis import load_basis_table
+    from aiida_deeph.core.basis import load_basis_table
     from aiida_deeph.workflows.overlap import EXIT_BAD_INPUT, compute_overlap_node
 
     structure = corpus_structure("mp-2534").store()

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import scipy.linalg as sla
 
+from aiida_deeph.core.constants import HARTREE_TO_EV
 from aiida_deeph.io.dock import read_dock, write_dock
-from aiida_deeph.io.openmx import load_openmx_run
+from aiida_deeph.io.openmx import load_openmx_run, read_text
 from aiida_deeph.io.openmx_band import read_band
 from aiida_deeph.io.openmx_out import parse_out_eigenvalues
-from aiida_deeph.io.openmx import read_text
 from aiida_deeph.physics.bands import band_energies
-from aiida_deeph.physics.constants import HARTREE_TO_EV
 
 from .conftest import corpus_dir, corpus_ids, corpus_ids_with_band
 

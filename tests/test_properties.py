@@ -93,7 +93,7 @@ def test_position_matrix_from_the_pao_files_matches_openmx(mp_id):
     """P(R) without DFT (two-centre integrals of r, as for S) against OpenMX's OLPpo (real-space grid):
     the same to OpenMX's grid error, and hermitian to the radial quadrature's error (4e-7 A), 1000x closer
     than OpenMX's own values (4e-4 A)."""
-    from aiida_deeph.io.packed import entry_gather_index
+    from aiida_deeph.core.packed import entry_gather_index
     from aiida_deeph.overlap import compute_overlap
 
     ref = _run(mp_id, load_position_matrix=True)
@@ -206,7 +206,7 @@ def alp():
 
 def _moved_atom(ham, atom, n):
     """The same crystal with ``atom`` moved by the lattice vector n (its home cell relabelled)."""
-    from aiida_deeph.io.packed import PackedHamiltonian
+    from aiida_deeph.core.packed import PackedHamiltonian
 
     shift = np.zeros((ham.num_atoms, 3), dtype=np.int64)
     shift[atom] = n

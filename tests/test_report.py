@@ -15,8 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("e3nn")
 
-from .conftest import corpus_dir  # noqa: E402
-from .test_ml_equivariance import load_corpus  # noqa: E402
+from .conftest import corpus_dir, load_corpus
 
 TRAIN = ("mp-1550", "mp-22862", "mp-2534")       # AlP, NaCl, GaAs
 EVAL = ("mp-1550", "mp-2534", "mp-22862")
@@ -24,7 +23,7 @@ EVAL = ("mp-1550", "mp-2534", "mp-22862")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from aiida_deeph.io.packed import write_packed
+    from aiida_deeph.core.packed import write_packed
     from aiida_deeph.ml.model import ModelConfig
     from aiida_deeph.ml.train import TrainConfig, train
 
@@ -72,8 +71,8 @@ def test_report_numbers_equal_aiida_deeph_evaluate(trained, report):
 
 def test_report_numbers_recomputed_from_the_saved_predictions(trained, report):
     """From predictions.h5 and the DFT data, by plain loops: MAE per structure and pair, training counts, rho."""
+    from aiida_deeph.core.packed import PackedFile
     from aiida_deeph.io.openmx import load_openmx_run
-    from aiida_deeph.io.packed import PackedFile
 
     out, rep = report
     sums, counts = {}, {}

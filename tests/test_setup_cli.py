@@ -18,13 +18,14 @@ def test_setup_openmx_creates_then_reports(aiida_profile, aiida_localhost, tmp_p
     assert not created2 and again.pk == code.pk
     # the data path is written into the input of every calculation of that code
     from aiida_deeph.calculations.openmx import OpenmxCalculation
+
     from .conftest import corpus_structure
 
     builder = OpenmxCalculation.get_builder_from_protocol(code, corpus_structure("mp-92"))
     assert builder.metadata.options.resources["num_mpiprocs_per_machine"] == 2
+    from aiida.common.folders import Folder
     from aiida.engine.utils import instantiate_process
     from aiida.manage import get_manager
-    from aiida.common.folders import Folder
 
     process = instantiate_process(get_manager().get_runner(), builder)
     (tmp_path / "sandbox").mkdir()

@@ -11,8 +11,6 @@ import subprocess
 import pytest
 
 
-
-
 def _bash_add_code(computer, label):
     """``/bin/bash`` as the ``core.arithmetic.add`` code: the CalcJob feeds it ``echo $((x + y))`` on stdin."""
     from aiida.common.exceptions import NotExistent

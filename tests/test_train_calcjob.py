@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("e3nn")
 
 
-from .test_ml_equivariance import load_corpus  # noqa: E402
+from .conftest import load_corpus  # noqa: E402
 
 TRAIN_IDS = ("mp-134", "mp-92", "mp-1550", "mp-21", "mp-22297")
 CONFIG = {"preset": "tiny", "model": {"num_gaussians": 16}, "train": {"max_epochs": 2}}
@@ -321,7 +321,7 @@ def test_slurm_walltime_kill_resumes(slurm_computer, hamiltonians, tmp_path):
 def test_cli_status_and_exit_codes(tmp_path, monkeypatch):
     """`aiida-deeph train`: status.json and exit code 3 on a NaN loss, 4 on CUDA out of memory (no AiiDA)."""
     from aiida_deeph.cli.main import main
-    from aiida_deeph.io.packed import write_packed
+    from aiida_deeph.core.packed import write_packed
 
     data = tmp_path / "set.h5"
     write_packed(data, {m: load_corpus(m) for m in TRAIN_IDS[:3]})

@@ -9,8 +9,7 @@ from aiida_deeph.calculations.openmx import OpenmxCalculation, flatten_keywords
 from aiida_deeph.workflows.database import GROUP_FAILED_EXTRA, DatabaseWorkChain
 from aiida_deeph.workflows.openmx_base import OpenmxBaseWorkChain
 
-from .conftest import corpus_structure
-from .test_openmx_calculation import si_failure_builder
+from .conftest import corpus_structure, si_failure_builder
 
 
 def _base_from_calc_builder(calc_builder, max_iterations=2):
@@ -94,9 +93,9 @@ def test_database_workchain_resumes_and_isolates_failures(openmx_code):
 
 
 def test_database_failure_is_reported_not_added(openmx_code, monkeypatch):
-    from pymatgen.core import Lattice, Structure
-
     import inspect
+
+    from pymatgen.core import Lattice, Structure
 
     # each child is recorded (Group / failure record) as it finishes, not at the end of its batch
     # (the outline's own steps are bound when the spec is first built, so spy on the recorder itself)

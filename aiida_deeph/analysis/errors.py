@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from aiida_deeph.io.packed import PackedHamiltonian, symbol_to_z
+from aiida_deeph.core.elements import symbol_to_z
+from aiida_deeph.core.packed import PackedHamiltonian
 
 
 def pair_key(a: str, b: str) -> str:

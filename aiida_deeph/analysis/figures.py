@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aiida_deeph.io.packed import symbol_to_z
+from aiida_deeph.core.elements import symbol_to_z, z_to_symbol
 from aiida_deeph.physics.plots import _pyplot, save_figure
 
 
@@ -48,7 +48,6 @@ def periodic_table_mae(path, per_element: dict, title: str = "") -> None:
     periods = [table_position(symbol_to_z(e))[0] for e in per_element] or [1]
     last = max(max(periods), 2)
     fig, ax = plt.subplots(figsize=(10.0, 0.56 * last + 0.9))
-    from aiida_deeph.io.packed import z_to_symbol
 
     for z in range(1, 119):
         try:

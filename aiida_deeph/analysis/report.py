@@ -112,7 +112,7 @@ def _load(model_dir: Path, device):
 
 def _predict_all(model, items, reader, out_path: Path, table: ErrorTable, log, device=None) -> list:
     """Predict, score and write every item (one at a time); returns the storage names in order."""
-    from aiida_deeph.io.packed import write_packed
+    from aiida_deeph.core.packed import write_packed
     from aiida_deeph.ml.predict import predict_hamiltonian
 
     names: list = []
@@ -158,7 +158,7 @@ def _property_picks(rows: list, ranks, max_properties: int) -> tuple:
 
 
 def _num_electrons(ham, basis_table: str) -> float:
-    from aiida_deeph.physics.basis import load_basis_table
+    from aiida_deeph.core.basis import load_basis_table
 
     try:
         return float(load_basis_table(basis_table).num_electrons(ham.species))
@@ -176,14 +176,14 @@ def _position_matrix(ref, cfg: ReportConfig):
     if not cfg.pao_dir:
         return None, ("no position matrix in the data: convert with --position-matrix or give --pao-dir for "
                       "the two-centre integrals")
+    from aiida_deeph.core.basis import load_basis_table
     from aiida_deeph.overlap import compute_overlap
-    from aiida_deeph.physics.basis import load_basis_table
 
     pao = compute_overlap(ref.cell, ref.positions, list(ref.species), basis_table=load_basis_table(cfg.basis_table),
                           pao_dir=cfg.pao_dir, position_matrix=True)
     if not np.array_equal(pao.atom_pairs, ref.atom_pairs):
         index = pao.pair_index()
-        from aiida_deeph.io.packed import entry_gather_index
+        from aiida_deeph.core.packed import entry_gather_index
 
         try:
             order = np.array([index[tuple(r)] for r in ref.atom_pairs.tolist()], dtype=np.int64)
@@ -195,9 +195,10 @@ def _position_matrix(ref, cfg: ReportConfig):
 
 def _structure_properties(ref, pred, cfg: ReportConfig, out_dir: Path, label: str | None, name: str, mae: float):
     """DFT and DeepH bands (path + mesh gap), band errors and chi(omega) of one structure; figures for ranks."""
+    from aiida_deeph.core.lattice import fractional_to_cartesian
     from aiida_deeph.physics.bands import band_structure
     from aiida_deeph.physics.compare import band_errors, path_distances, plot_comparison
-    from aiida_deeph.physics.kpath import auto_kpath, fractional_to_cartesian
+    from aiida_deeph.physics.kpath import auto_kpath
 
     t0 = time.perf_counter()
     nel = _num_electrons(ref, cfg.basis_table)
@@ -230,7 +231,7 @@ def _structure_properties(ref, pred, cfg: ReportConfig, out_dir: Path, label: st
 
 
 def _optics(ref, pred, cfg, out_dir, label, name, b_ref, b_pred) -> dict:
-    from aiida_deeph.io.openmx_input import kpoint_grid
+    from aiida_deeph.core.lattice import kpoint_grid
     from aiida_deeph.physics.optics import OpticsError, susceptibility
     from aiida_deeph.physics.plots import plot_chi
 
@@ -345,7 +346,7 @@ def make_report(model_dir, data_paths, output, train_data=None, curve_models=(),
     }
 
     # ---------------------------------------------------------------- properties (Figs. 3, 4d, 4e)
-    from aiida_deeph.io.packed import PackedFile
+    from aiida_deeph.core.packed import PackedFile
 
     picks, rank_of = _property_picks(rows, cfg.ranks, cfg.max_properties) if rows else ([], {})
     props = []

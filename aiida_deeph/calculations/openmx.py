@@ -5,9 +5,9 @@ from aiida import orm
 from aiida.common import datastructures
 from aiida.engine import CalcJob
 
+from aiida_deeph.core.basis import BasisTable, load_basis_table
 from aiida_deeph.data.hamiltonian import HamiltonianData
 from aiida_deeph.engine import AttachedOutputsMixin
-from aiida_deeph.physics.basis import BasisTable, load_basis_table
 
 DATA_PATH_EXTRA = "openmx_data_path"
 # Keywords that the CalcJob itself owns: the user may not set them through ``parameters``.
@@ -160,7 +160,8 @@ class OpenmxCalculation(AttachedOutputsMixin, CalcJob):
         """A builder filled from an OpenMX protocol (``fast``, ``moderate`` (default), ``precise``,
         ``overlap_only``); ``overrides`` are merged recursively: ``{'parameters': {...},
         'kpoints_spacing': 0.2, 'basis_table': 'corpus', 'metadata': {'options': {...}}}``."""
-        from aiida_deeph.io.openmx_input import kpoint_grid, load_protocol
+        from aiida_deeph.core.lattice import kpoint_grid
+        from aiida_deeph.io.openmx_input import load_protocol
 
         proto = load_protocol(protocol, overrides)
         builder = cls.get_builder()

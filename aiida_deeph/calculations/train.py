@@ -278,7 +278,7 @@ class DeepHTrainCalculation(CalcJob):
         """Write the ``hamiltonians`` input as packed shards ``data/shard-00000.h5`` ... in the sandbox."""
         from collections import Counter
 
-        from aiida_deeph.io.packed import write_packed
+        from aiida_deeph.core.packed import write_packed
 
         nodes = sorted(self.inputs.hamiltonians.items())
         mp_ids = Counter(n.base.attributes.get("mp_id", None) for _, n in nodes)

@@ -18,10 +18,10 @@ def register(subparsers) -> None:
 
 
 def preset_info(preset: str = "small", basis_table: str = "corpus") -> dict:
+    from aiida_deeph.core.basis import load_basis_table
+    from aiida_deeph.core.constants import BOHR_TO_ANGSTROM
     from aiida_deeph.ml.model import DeepH2, ModelConfig
     from aiida_deeph.ml.train import TrainConfig
-    from aiida_deeph.physics.basis import load_basis_table
-    from aiida_deeph.physics.constants import BOHR_TO_ANGSTROM
 
     table = load_basis_table(basis_table)
     elements = sorted(table.elements)

@@ -1,7 +1,7 @@
 """``verdi data deeph``: statistics and export of a Group of HamiltonianData.
 
 Loaded by ``verdi data`` through the ``aiida.cmdline.data`` entry point ``deeph`` (aiida-core's
-``Pluginable`` group loads the entry point lazily). The logic lives in :mod:`aiida_deeph.cmdline.stats`.
+``Pluginable`` group loads the entry point lazily). The logic lives in :mod:`aiida_deeph.data.stats`.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def stats_cmd(group, as_json, plot):
     matrix entries, storage, SCF iterations, and the failures recorded by the DatabaseWorkChains that
     filled the group.
     """
-    from aiida_deeph.cmdline.stats import GroupNotFound, collect_stats, format_stats, plot_stats
+    from aiida_deeph.data.stats import GroupNotFound, collect_stats, format_stats, plot_stats
 
     try:
         result = collect_stats(group)
@@ -64,7 +64,7 @@ def export_cmd(group, directory, fmt, shard_size):
     to --shard-size structures each (the input of `aiida-deeph train`). DIRECTORY/index.json lists every
     structure with its shard or folder, name, UUID, MP id and formula.
     """
-    from aiida_deeph.cmdline.stats import GroupNotFound, export_group, load_group
+    from aiida_deeph.data.stats import GroupNotFound, export_group, load_group
 
     try:
         load_group(group)

@@ -1,7 +1,7 @@
 """``HamiltonianData``: H and S of one structure, stored as a compressed packed HDF5 file.
 
 The arrays live in the node's repository (``hamiltonian.h5``, the project's packed format, see
-``aiida_deeph.io.packed``); everything needed to query a dataset lives in attributes, so dataset
+``aiida_deeph.core.packed``); everything needed to query a dataset lives in attributes, so dataset
 statistics never open a file.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from itertools import combinations_with_replacement
 import numpy as np
 from aiida.orm import Data
 
-from aiida_deeph.io.packed import ARRAY_NAMES, FORMAT_VERSION, PackedFile, PackedHamiltonian
+from aiida_deeph.core.packed import ARRAY_NAMES, FORMAT_VERSION, PackedFile, PackedHamiltonian
 
 FILENAME = "hamiltonian.h5"
 

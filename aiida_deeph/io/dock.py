@@ -18,14 +18,14 @@ Writers write into a temporary sibling folder and rename it into place: a failur
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .packed import ARRAY_NAMES, PackedHamiltonian, entry_gather_index, symbol_to_z, z_to_symbol
+from ..core.elements import symbol_to_z, z_to_symbol
+from ..core.packed import ARRAY_NAMES, PackedHamiltonian, entry_gather_index
 
 DOCK_FORMAT_VERSION = 1  # our own marker inside info.json ("aiida_deeph" section)
 

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from aiida_deeph.physics.basis import BasisError, parse_pao_basis
-from aiida_deeph.physics.constants import BOHR_TO_ANGSTROM, HARTREE_TO_EV
+from aiida_deeph.core.basis import BasisError, parse_pao_basis
+from aiida_deeph.core.constants import BOHR_TO_ANGSTROM, HARTREE_TO_EV
 
+from ..core.elements import symbol_to_z
+from ..core.packed import PackedHamiltonian, bra_position_overlap
 from .openmx_input import parse_input
-from .packed import PackedHamiltonian, bra_position_overlap, symbol_to_z
 from .scfout import Scfout, ScfoutError, read_scfout
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aiida_deeph.physics.constants import BOHR_TO_ANGSTROM, HARTREE_TO_EV
+from aiida_deeph.core.constants import BOHR_TO_ANGSTROM, HARTREE_TO_EV
 
 __all__ = ["OpenmxBandError", "read_band"]
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 from importlib import resources
 
 import numpy as np
+
+from aiida_deeph.core.lattice import LatticeError, kpoint_grid
 
 __all__ = [
     "OpenmxInputError",
@@ -25,7 +26,6 @@ __all__ = [
     "format_input",
     "write_input",
     "write_input_from_protocol",
-    "kpoint_grid",
     "default_band_kpath",
     "recursive_merge",
     "load_protocol",
@@ -161,21 +161,6 @@ def format_input(params: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def kpoint_grid(cell, spacing: float, kmax: int | None = 8) -> list:
-    """Monkhorst-Pack grid ``ceil(|b_i| / spacing)`` (|b_i| in 1/Angstrom, 2*pi included), capped at ``kmax``."""
-    if spacing is None or not spacing > 0:
-        raise OpenmxInputError(f"k-point spacing must be a positive number (1/Angstrom), got {spacing!r}")
-    cell = np.asarray(cell, dtype=float).reshape(3, 3)
-    recip = 2.0 * math.pi * np.linalg.inv(cell).T
-    grid = []
-    for b in recip:
-        n = max(1, int(math.ceil(float(np.linalg.norm(b)) / float(spacing) - 1e-10)))
-        if kmax is not None:
-            n = min(n, int(kmax))
-        grid.append(n)
-    return grid
-
-
 def default_band_kpath(npoints: int = 11) -> list:
     """The corpus' generic path G-X-M-G-R (fractional, the cell's own reciprocal basis) as block rows."""
     pts = {"G": (0.0, 0.0, 0.0), "X": (0.5, 0.0, 0.0), "M": (0.5, 0.5, 0.0), "R": (0.5, 0.5, 0.5)}
@@ -224,7 +209,7 @@ def write_input(
     ``[n, k1x, k1y, k1z, k2x, k2y, k2z, label1, label2]`` -> ``Band.dispersion on`` etc.
     ``species_order``: ``'sorted'`` (alphabetical, as the corpus) or ``'first'`` (first appearance).
     """
-    from aiida_deeph.physics.basis import BasisError, BasisTable, load_basis_table
+    from aiida_deeph.core.basis import BasisError, BasisTable, load_basis_table
 
     parameters = dict(parameters or {})
     cell = np.asarray(cell, dtype=float)
@@ -290,7 +275,10 @@ def write_input(
     has_kgrid = any(k.lower() == "scf.kgrid" for k, _ in user_items)
     if not has_kgrid:
         spacing = 0.30 if kpoints_spacing is None else kpoints_spacing
-        kgrid = " ".join(str(n) for n in kpoint_grid(cell, spacing, kpoints_max))
+        try:
+            kgrid = " ".join(str(n) for n in kpoint_grid(cell, spacing, kpoints_max))
+        except LatticeError as exc:
+            raise OpenmxInputError(str(exc)) from None
     inserted = has_kgrid
     for k, v in rest:
         existing = _find_key(out, k)

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from aiida_deeph.physics.constants import HARTREE_TO_EV
+from aiida_deeph.core.constants import HARTREE_TO_EV
 
 from .openmx_input import OpenmxInputError, get_keyword, parse_input
 

@@ -59,7 +59,7 @@ def _is_packed(path: Path) -> bool:
 
 def discover(paths) -> list:
     """Expand data paths into a sorted, de-duplicated list of :class:`Item`."""
-    from aiida_deeph.io.packed import PackedFile
+    from aiida_deeph.core.packed import PackedFile
 
     items: list = []
     for raw in paths:
@@ -107,7 +107,7 @@ class Reader:
         if os.getpid() != self._pid:
             self._files, self._pid = {}, os.getpid()
         if item.kind == "packed":
-            from aiida_deeph.io.packed import PackedFile
+            from aiida_deeph.core.packed import PackedFile
 
             pf = self._files.get(item.path)
             if pf is None:

@@ -37,7 +37,7 @@ def _openmx_functions(l: int, xyz: np.ndarray) -> np.ndarray:
     raise ValueError(f"OpenMX orbitals with l = {l} are not supported (l <= {MAX_ORBITAL_L})")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _openmx_from_e3nn_cached(l: int) -> np.ndarray:
     import torch
     from e3nn import o3

@@ -26,8 +26,20 @@ import torch.utils.checkpoint
 from torch import nn
 
 from .harmonics import ls_from_multiplicity, orbital_count, orbital_positions, union_multiplicity
-from .so2 import (EquiLayerNorm, EquiLinear, Gate, SO2Linear, WignerBlocks, cat_channels, l_of_coeff,
-                  m_indices, num_coeffs, rotate, rotate_back, scatter_softmax)
+from .so2 import (
+    EquiLayerNorm,
+    EquiLinear,
+    Gate,
+    SO2Linear,
+    WignerBlocks,
+    cat_channels,
+    l_of_coeff,
+    m_indices,
+    num_coeffs,
+    rotate,
+    rotate_back,
+    scatter_softmax,
+)
 from .wigner_eckart import PairBasis
 
 BOHR_TO_ANGSTROM = 0.529177249
@@ -69,7 +81,7 @@ class ModelConfig:
 
     # presets --------------------------------------------------------------------------------
     @classmethod
-    def preset(cls, name: str, **kw) -> "ModelConfig":
+    def preset(cls, name: str, **kw) -> ModelConfig:
         """A named configuration (:data:`PRESETS`).
 
         ``paper``: the DeepH-2 paper's sizes read as its e3nn-style features: 3 blocks, 2 heads, 600 Gaussians,
@@ -101,7 +113,7 @@ class ModelConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -120,7 +132,7 @@ class ModelConfig:
         rc = max(self.cutoff_radius.values()) * 2 if self.cutoff_radius else 0.0
         return float(max(rc, self.max_pair_distance, 1.0)) + 0.5
 
-    def with_elements(self, orbital_ls: dict, cutoff_radius: dict | None = None) -> "ModelConfig":
+    def with_elements(self, orbital_ls: dict, cutoff_radius: dict | None = None) -> ModelConfig:
         """Copy with elements added (existing ones must keep their basis)."""
         new = ModelConfig.from_dict(self.to_dict())
         for el, ls in orbital_ls.items():
@@ -143,7 +155,7 @@ def basis_metadata(ham) -> tuple:
     basis = (ham.meta or {}).get("basis") or {}
     for el, name in basis.items():
         try:
-            from aiida_deeph.physics.basis import parse_pao_basis
+            from aiida_deeph.core.basis import parse_pao_basis
 
             rc[el] = parse_pao_basis(name).cutoff_bohr * BOHR_TO_ANGSTROM
         except Exception:  # pragma: no cover - unknown naming: fall back to distances
@@ -401,7 +413,6 @@ class WignerEckartHead(nn.Module):
         self.ns = pb.shape[0]
         # group the irreps by (l, parity class q: 0 natural, 1 other); slots within a group
         groups: dict = {}
-        col_of = []
         start = 0
         for (_, _, l, p) in pb.irreps:
             q = 0 if p == (-1) ** l else 1
@@ -449,7 +460,7 @@ class WignerEckartHead(nn.Module):
             x = self.expand(x)
         h = x.shape[-1] // 2
         ys = []
-        for (l, q, K), lin in zip(self.sizes, self.linears):
+        for (l, q, _k), lin in zip(self.sizes, self.linears):
             xl = x[:, l * l:(l + 1) * (l + 1), q * h:(q + 1) * h]     # (n, 2l+1, h)
             y = lin(xl)                                                # (n, 2l+1, K)
             if l == 0 and q == 0:

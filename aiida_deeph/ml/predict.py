@@ -31,8 +31,8 @@ def _write_like(input_folder: Path, out_folder: Path, ham_pred) -> None:
     """Write hamiltonian.h5 with the exact atom_pairs order of the input overlap.h5."""
     import h5py
 
+    from aiida_deeph.core.packed import entry_gather_index
     from aiida_deeph.io.dock import permute_orbitals
-    from aiida_deeph.io.packed import entry_gather_index
 
     with h5py.File(input_folder / "overlap.h5", "r") as h5:
         ap_in = h5["atom_pairs"][()].astype(np.int64)

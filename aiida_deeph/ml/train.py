@@ -39,12 +39,12 @@ import numpy as np
 import torch
 
 from .data import StructureDataset, discover, make_loader, scan_metadata, split_items, write_split
+from .harmonics import union_multiplicity
 from .loss import MetricAccumulator, band_errors, band_loss, gauge_loss, onsite_entry_weights, projected_band_loss
+from .model import BasisMap, DeepH2, ModelConfig, graph_to, grow_state_dict, init_onsite_reference
 
 # k-points of the validation band error (a Gamma-centred 2x2x2 mesh): it picks best.pt while a band term trains
 VAL_BAND_KPOINTS = np.array([[a, b, c] for a in (0.0, 0.5) for b in (0.0, 0.5) for c in (0.0, 0.5)])
-from .harmonics import union_multiplicity
-from .model import BasisMap, DeepH2, ModelConfig, graph_to, grow_state_dict, init_onsite_reference
 
 CHECKPOINT_VERSION = 1
 STOP_REASONS = ("lr", "epochs", "time", "nan", "oom")
@@ -120,7 +120,7 @@ class TrainConfig:
             raise ValueError(f"unknown band_loss_kind {self.band_loss_kind!r} (eigenvalues, projected, both)")
 
     @classmethod
-    def preset(cls, name: str, **kw) -> "TrainConfig":
+    def preset(cls, name: str, **kw) -> TrainConfig:
         from .model import PRESETS
 
         if name not in PRESETS:
@@ -140,7 +140,7 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:

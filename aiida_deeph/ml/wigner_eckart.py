@@ -21,7 +21,7 @@ import numpy as np
 from .harmonics import openmx_from_e3nn, orbital_count
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _w3j(l1: int, l2: int, l: int) -> np.ndarray:
     import torch
     from e3nn import o3
@@ -32,7 +32,7 @@ def _w3j(l1: int, l2: int, l: int) -> np.ndarray:
         return o3.wigner_3j(l1, l2, l, dtype=torch.float64).numpy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sub_block_basis(l1: int, l2: int) -> np.ndarray:
     """Orthogonal ((2l1+1)(2l2+1))^2 matrix: flat OpenMX sub-block = Q @ concatenated irreps l=|l1-l2|..l1+l2."""
     U1, U2 = openmx_from_e3nn(l1), openmx_from_e3nn(l2)
@@ -115,6 +115,6 @@ class PairBasis:
         return (y @ self.matrix.T).reshape(y.shape[:-1] + self.shape)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pair_basis(ls_a: tuple, ls_b: tuple) -> PairBasis:
     return PairBasis(ls_a, ls_b)

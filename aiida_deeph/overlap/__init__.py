@@ -3,7 +3,7 @@
 - :mod:`.pao`: reader of DFT_DATA19 ``.pao`` / ``.pao.xz`` files.
 - :mod:`.twocenter`: two-centre overlaps (Bessel transforms + Gaunt coefficients, OpenMX grids).
 - :mod:`.pairs`: the atom-pair rule of OpenMX (distance < rc_i + rc_j).
-- :func:`compute_overlap`: structure -> :class:`~aiida_deeph.io.packed.PackedHamiltonian` (S only).
+- :func:`compute_overlap`: structure -> :class:`~aiida_deeph.core.packed.PackedHamiltonian` (S only).
 """
 from .compute import compute_overlap, read_structure, resolve_basis
 from .pairs import find_pairs

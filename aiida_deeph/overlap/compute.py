@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.packed import PackedHamiltonian, bra_position_overlap, symbol_to_z
-from ..physics.basis import BasisError, BasisTable, load_basis_table
-from ..physics.constants import ANGSTROM_TO_BOHR, BOHR_TO_ANGSTROM
+from ..core.basis import BasisError, BasisTable, load_basis_table
+from ..core.constants import ANGSTROM_TO_BOHR, BOHR_TO_ANGSTROM
+from ..core.elements import symbol_to_z
+from ..core.packed import PackedHamiltonian, bra_position_overlap
 from .pairs import MIN_DISTANCE_ANGSTROM, find_pairs
 from .pao import OverlapError, default_pao_dir, load_basis_functions
 from .twocenter import OPENMX_GRIDS, TransformGrids, pair_dipole, pair_overlap

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..physics.constants import BOHR_TO_ANGSTROM
+from ..core.constants import BOHR_TO_ANGSTROM
+from ..core.lattice import reciprocal_cell
 from .pao import OverlapError
 
 MIN_DISTANCE_ANGSTROM = 0.5
@@ -17,8 +18,7 @@ MIN_DISTANCE_ANGSTROM = 0.5
 
 def _image_range(cell: np.ndarray, frac: np.ndarray, rmax: float) -> list:
     """Integer ranges of lattice translations that can bring two atoms within rmax (Angstrom)."""
-    inv = np.linalg.inv(cell)                 # columns: reciprocal vectors b_a without 2 pi
-    bnorm = np.linalg.norm(inv, axis=0)
+    bnorm = np.linalg.norm(reciprocal_cell(cell), axis=1) / (2.0 * np.pi)   # |b_a| without 2 pi
     span = frac.max(axis=0) - frac.min(axis=0) if len(frac) else np.zeros(3)
     out = []
     for a in range(3):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..physics.basis import BasisError, PaoBasis, parse_pao_basis
+from ..core.basis import BasisError, PaoBasis, parse_pao_basis
 
 
 class OverlapError(ValueError):
@@ -39,7 +39,7 @@ class PaoFile:
     def num_radial(self, l: int) -> int:
         return self.radial[l].shape[0] if l in self.radial else 0
 
-    def select(self, basis) -> "PaoBasisFunctions":
+    def select(self, basis) -> PaoBasisFunctions:
         """The radial functions a basis string (or :class:`PaoBasis`) asks for."""
         if isinstance(basis, str):
             try:

@@ -162,7 +162,7 @@ def real_ylm(L: int, u: np.ndarray) -> np.ndarray:
 
     Only used inside sums over M (rotation invariant), so its convention does not matter.
     """
-    from scipy.special import lpmv, gammaln
+    from scipy.special import gammaln, lpmv
 
     x, y, z = u[:, 0], u[:, 1], u[:, 2]
     z = np.clip(z, -1.0, 1.0)
@@ -179,7 +179,7 @@ def real_ylm(L: int, u: np.ndarray) -> np.ndarray:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sphere_quadrature(n: int = 12) -> tuple:
     """Gauss-Legendre x uniform-phi product rule, exact for polynomials of degree < 2n."""
     ct, wt = np.polynomial.legendre.leggauss(n)
@@ -192,7 +192,7 @@ def sphere_quadrature(n: int = 12) -> tuple:
     return u, w
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gaunt(l1: int, l2: int, L: int) -> np.ndarray:
     """G[m1, m2, M] = int Y1_m1 Y2_m2 Y_LM dOmega (OpenMX harmonics for l1, l2; real_ylm for L)."""
     u, w = sphere_quadrature(12)
@@ -260,7 +260,7 @@ def _species_transform(functions: PaoBasisFunctions, grids: TransformGrids) -> S
     return SpeciesTransform(functions=functions, fk=fk, fk_quad=fkq)
 
 
-def pair_overlap(fa: PaoBasisFunctions, fb: PaoBasisFunctions, grids: TransformGrids = OPENMX_GRIDS) -> "PairOverlap":
+def pair_overlap(fa: PaoBasisFunctions, fb: PaoBasisFunctions, grids: TransformGrids = OPENMX_GRIDS) -> PairOverlap:
     """Cached :class:`PairOverlap` for two elements' basis functions."""
     key = (fa.pao.path, id(fa.pao), fa.basis.name, fb.pao.path, id(fb.pao), fb.basis.name, grids)
     if key not in _PAIR_CACHE:
@@ -354,7 +354,7 @@ class PairOverlap:
 
 
 # ---------------------------------------------------------------------- position (dipole) blocks
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def dipole_angular(l: int, lp: int) -> np.ndarray:
     """A[c, m, M'] = int (r^_c) Y_lm Y'_{lp M'} dOmega: the l' = l +- 1 parts of ``x_c / r`` times an
     OpenMX harmonic, in the :func:`real_ylm` basis (c = x, y, z)."""
@@ -367,7 +367,7 @@ def dipole_angular(l: int, lp: int) -> np.ndarray:
     return g
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gaunt_real_bra(lp: int, l2: int, L: int) -> np.ndarray:
     """G[M', m2, M] = int Y'_{lp M'} Y_{l2 m2} Y'_{LM} dOmega (``real_ylm`` for lp and L, OpenMX for l2)."""
     u, w = sphere_quadrature(12)

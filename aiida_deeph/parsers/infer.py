@@ -102,7 +102,7 @@ def _aligned_position_matrix(source, packed):
     """``source.position_matrix`` in the pair order of ``packed`` (the same atom pairs)."""
     import numpy as np
 
-    from aiida_deeph.io.packed import entry_gather_index
+    from aiida_deeph.core.packed import entry_gather_index
 
     index = source.pair_index()
     order = np.array([index[tuple(r)] for r in packed.atom_pairs.tolist()], dtype=np.int64)

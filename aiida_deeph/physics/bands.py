@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as sla
 
-from aiida_deeph.io.packed import PackedHamiltonian, bra_position_overlap
-
+from aiida_deeph.core.packed import PackedHamiltonian, bra_position_overlap
 
 # ---------------------------------------------------------------------- BLAS threads
 _BLAS_SYMBOLS = (
@@ -377,12 +376,12 @@ def fermi_level(ham: PackedHamiltonian, num_electrons: float | None = None, kmes
     elif ham.num_electrons is not None:
         num_electrons, source = float(ham.num_electrons), "hamiltonian"
     else:
-        from aiida_deeph.physics.basis import load_basis_table
+        from aiida_deeph.core.basis import load_basis_table
 
         num_electrons = load_basis_table(basis_table).num_electrons(ham.species)
         source = f"basis table '{basis_table}' valence"
     if kmesh is None:
-        from aiida_deeph.io.openmx_input import kpoint_grid
+        from aiida_deeph.core.lattice import kpoint_grid
 
         kmesh = kpoint_grid(ham.cell, spacing, kmax)
     kmesh = [int(n) for n in kmesh]

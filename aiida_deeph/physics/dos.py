@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from aiida_deeph.io.packed import PackedHamiltonian
+from aiida_deeph.core.packed import PackedHamiltonian
 
+from ..core.lattice import reciprocal_cell
 from .bands import check_finite
-from .kpath import reciprocal_cell
 from .kspace import BlochBuilder, KSpaceError, gamma_mesh, orbital_labels, solve
 
 L_NAMES = "spdf"
@@ -140,7 +140,7 @@ def density_of_states(ham: PackedHamiltonian, mesh=None, spacing: float | None =
     if method == "gaussian" and not sigma > 0:
         raise DosError(f"the Gaussian broadening sigma must be positive, got {sigma}")
     if mesh is None:
-        from aiida_deeph.io.openmx_input import kpoint_grid
+        from aiida_deeph.core.lattice import kpoint_grid
 
         mesh = kpoint_grid(ham.cell, 0.1 if spacing is None else spacing, kmax=None)
     mesh = [int(n) for n in mesh]
@@ -152,7 +152,7 @@ def density_of_states(ham: PackedHamiltonian, mesh=None, spacing: float | None =
         if ham.num_electrons is not None:
             num_electrons = float(ham.num_electrons)
         else:
-            from .basis import load_basis_table
+            from ..core.basis import load_basis_table
 
             num_electrons = load_basis_table(basis_table).num_electrons(ham.species)
     sol = mesh_eigen(ham, mesh, s_threshold=s_threshold, projections=projected)

@@ -16,27 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from aiida_deeph.core.lattice import cartesian_to_fractional
+
 
 class KpathError(ValueError):
     """A k-path that cannot be built, or a k-point file that cannot be read."""
 
 
-def reciprocal_cell(cell) -> np.ndarray:
-    """Rows are the reciprocal vectors b_i (1/Angstrom, 2 pi included) of the rows a_i of ``cell``."""
-    return 2.0 * np.pi * np.linalg.inv(np.asarray(cell, dtype=np.float64)).T
-
-
-def cartesian_to_fractional(k_cart, cell) -> np.ndarray:
-    """Cartesian k (1/Angstrom, 2 pi included) -> fractional in the reciprocal basis of ``cell``."""
-    return np.asarray(k_cart, dtype=np.float64) @ np.asarray(cell, dtype=np.float64).T / (2.0 * np.pi)
-
-
-def fractional_to_cartesian(k_frac, cell) -> np.ndarray:
-    return np.asarray(k_frac, dtype=np.float64) @ reciprocal_cell(cell)
-
-
 def _seekpath_input(cell, positions, species):
-    from aiida_deeph.io.packed import symbol_to_z
+    from aiida_deeph.core.elements import symbol_to_z
 
     cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)

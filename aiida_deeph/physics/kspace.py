@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aiida_deeph.io.packed import PackedHamiltonian
+from aiida_deeph.core.packed import PackedHamiltonian
 
 _BATCH_BYTES = 64 * 2 ** 20
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aiida_deeph.io.packed import PackedHamiltonian
+from aiida_deeph.core.packed import PackedHamiltonian
 
 from .bands import check_finite
 from .kspace import BlochBuilder, KSpaceError, gamma_mesh, solve
@@ -78,7 +78,7 @@ def susceptibility(ham: PackedHamiltonian, mesh, eta: float = 0.1, omega_max: fl
         if ham.num_electrons is not None:
             num_electrons = float(ham.num_electrons)
         else:
-            from .basis import load_basis_table
+            from ..core.basis import load_basis_table
 
             num_electrons = load_basis_table(basis_table).num_electrons(ham.species)
     half = float(num_electrons) / 2.0

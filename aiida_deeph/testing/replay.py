@@ -29,8 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from aiida_deeph.core.constants import BOHR_TO_ANGSTROM
 from aiida_deeph.io.openmx_input import OpenmxInputError, get_keyword, parse_input
-from aiida_deeph.physics.constants import BOHR_TO_ANGSTROM
 
 __all__ = [
     "ENV_VAR",

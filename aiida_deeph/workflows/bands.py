@@ -58,9 +58,9 @@ def fractional_kpoints(kpoints: orm.KpointsData, cell) -> np.ndarray:
     cell = np.asarray(cell, dtype=float)
     if kcell is None or np.allclose(kcell, cell, atol=1e-8):
         return frac
-    recip = 2.0 * np.pi * np.linalg.inv(kcell).T
-    cart = frac @ recip
-    return cart @ cell.T / (2.0 * np.pi)
+    from aiida_deeph.core.lattice import cartesian_to_fractional, fractional_to_cartesian
+
+    return cartesian_to_fractional(fractional_to_cartesian(frac, kcell), cell)
 
 
 def band_parameters(protocol: str, temperature: float, basis: dict | None = None) -> dict:
@@ -117,7 +117,7 @@ def seekpath_kpoints(structure: orm.StructureData, parameters: orm.Dict) -> orm.
 def _electrons(packed, table_name: str, valence: dict | None = None):
     """Valence electron count: ``valence`` {element: electrons} (a custom basis), else the named basis
     table, else the count stored in the Hamiltonian."""
-    from aiida_deeph.physics.basis import load_basis_table
+    from aiida_deeph.core.basis import load_basis_table
 
     if valence and all(s in valence for s in packed.species):
         return float(sum(float(valence[s]) for s in packed.species)), "basis valence (input basis)"
@@ -504,7 +504,7 @@ class DeepHBandsWorkChain(WorkChain):
 
     # ------------------------------------------------------------------ helpers
     def _protocol_basis(self) -> orm.Dict:
-        from aiida_deeph.physics.basis import load_basis_table
+        from aiida_deeph.core.basis import load_basis_table
 
         table = load_basis_table(self.ctx.band_parameters["basis_table"])
         return orm.Dict({"name": table.name, "elements": table.elements})

@@ -35,7 +35,7 @@ def structure_arrays(structure: orm.StructureData) -> tuple:
 
 def basis_table_from_dict(basis: dict | None):
     """A :class:`BasisTable` from OpenmxCalculation's ``basis`` dictionary (None: the corpus table)."""
-    from aiida_deeph.physics.basis import BasisTable, load_basis_table
+    from aiida_deeph.core.basis import BasisTable, load_basis_table
 
     if not basis:
         return load_basis_table("corpus")
@@ -56,8 +56,8 @@ def compute_overlap_node(structure: orm.StructureData, pao_dir: orm.Str, basis: 
     ``position_matrix`` True: the node also holds ``<i,0|r|j,R>`` (two-centre integrals of r from the
     same PAO files), which ``compute_optics`` needs for a predicted Hamiltonian.
     """
+    from aiida_deeph.core.basis import BasisError
     from aiida_deeph.overlap import OverlapError, compute_overlap
-    from aiida_deeph.physics.basis import BasisError
 
     try:
         table = basis_table_from_dict(None if basis is None else basis.get_dict())

@@ -439,7 +439,7 @@ class DeepHPropertiesWorkChain(WorkChain):
     def run_optics(self):
         params = dict(self.inputs.optics_parameters.get_dict())
         if "mesh" not in params:
-            from aiida_deeph.io.openmx_input import kpoint_grid
+            from aiida_deeph.core.lattice import kpoint_grid
 
             params["mesh"] = [int(n) for n in kpoint_grid(self.ctx.hamiltonian.get_packed(load=()).cell, 0.2,
                                                           kmax=None)]

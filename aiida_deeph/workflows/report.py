@@ -23,7 +23,7 @@ EXIT_BAD_INPUT = 300
 
 
 def _write(nodes: dict, path: Path) -> None:
-    from aiida_deeph.io.packed import write_packed
+    from aiida_deeph.core.packed import write_packed
 
     write_packed(path, ((label, node.get_packed()) for label, node in sorted(nodes.items())))
 

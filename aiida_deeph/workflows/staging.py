@@ -71,8 +71,8 @@ def stage_dataset(group_or_nodes, computer, remote_dir, shard_size: int = 500, p
     """Pack ``group_or_nodes`` (Group, group label or HamiltonianData list) into shards in ``remote_dir`` on
     ``computer`` (absolute path; created) and return the ``RemoteData`` to give ``DeepHTrainCalculation``
     as ``dataset``. Idempotent: the same nodes, folder and shard size return the earlier RemoteData."""
-    from aiida_deeph.cmdline.stats import export_group, structure_names
-    from aiida_deeph.io.packed import write_packed
+    from aiida_deeph.core.packed import write_packed
+    from aiida_deeph.data.stats import export_group, structure_names
 
     if isinstance(computer, str):
         computer = orm.load_computer(computer)

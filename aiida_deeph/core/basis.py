@@ -79,7 +79,7 @@ class BasisTable:
         return float(sum(self.valence(s) for s in symbols))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_basis_table(name: str = "corpus") -> BasisTable:
     """Load a basis table by protocol name (``corpus``) or from a JSON file path."""
     if name.endswith(".json"):

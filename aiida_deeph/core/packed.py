@@ -22,47 +22,16 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
+
+from .elements import formula_of, symbol_to_z, z_to_symbol
 
 FORMAT_NAME = "aiida-deeph-packed"
 ARRAY_NAMES = ("hamiltonian", "overlap", "density_matrix", "position_matrix")  # the optional per-entry arrays
 FORMAT_VERSION = 1
-
-# Periodic table up to Kr (enough for the 24 elements of the project; extend when needed).
-_SYMBOLS = (
-    "X H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr "
-    "Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe"
-).split()
-ATOMIC_NUMBERS = {s: z for z, s in enumerate(_SYMBOLS)}
-# Pauling electronegativities (pymatgen's Element.X); formulas list elements by them, as pymatgen does: NaCl, KBr
-_PAULING = dict(zip(_SYMBOLS[1:], (
-    2.20, None, 0.98, 1.57, 2.04, 2.55, 3.04, 3.44, 3.98, None, 0.93, 1.31, 1.61, 1.90, 2.19, 2.58, 3.16, None, 0.82,
-    1.00, 1.36, 1.54, 1.63, 1.66, 1.55, 1.83, 1.88, 1.91, 1.90, 1.65, 1.81, 2.01, 2.18, 2.55, 2.96, 3.00, 0.82, 0.95,
-    1.22, 1.33, 1.60, 2.16, 1.90, 2.20, 2.28, 2.20, 1.93, 1.69, 1.78, 1.96, 2.05, 2.10, 2.66, 2.60)))
-
-
-def formula_of(species) -> str:
-    """Cell formula with elements ordered by electronegativity, then symbol (pymatgen's order): NaCl, Si3O6."""
-    counts: dict = {}
-    for s in species:
-        counts[s] = counts.get(s, 0) + 1
-    order = sorted(counts, key=lambda s: (_PAULING.get(s) is None, _PAULING.get(s) or 0.0, s))
-    return "".join(f"{s}{counts[s] if counts[s] > 1 else ''}" for s in order)
-
-
-def symbol_to_z(symbol: str) -> int:
-    try:
-        return ATOMIC_NUMBERS[symbol]
-    except KeyError:
-        raise ValueError(f"unknown element symbol {symbol!r}") from None
-
-
-def z_to_symbol(z: int) -> str:
-    return _SYMBOLS[int(z)]
-
 
 class PackedFormatError(ValueError):
     """A packed file or array set that is not valid."""
@@ -189,13 +158,13 @@ class PackedHamiltonian:
         if len({tuple(r) for r in self.atom_pairs.tolist()}) != self.num_pairs:
             raise PackedFormatError("duplicate atom pairs")
 
-    def sorted(self) -> "PackedHamiltonian":
+    def sorted(self) -> PackedHamiltonian:
         """Return a copy with pairs in canonical order (i, j, R1, R2, R3)."""
         ap = self.atom_pairs
         order = np.lexsort((ap[:, 2], ap[:, 1], ap[:, 0], ap[:, 4], ap[:, 3]))
         return self.reorder_pairs(order)
 
-    def reorder_pairs(self, order: np.ndarray) -> "PackedHamiltonian":
+    def reorder_pairs(self, order: np.ndarray) -> PackedHamiltonian:
         order = np.asarray(order, dtype=np.int64)
         ap = self.atom_pairs[order]
         offsets = self.offsets_for(ap, self.norb_per_atom)
@@ -270,7 +239,7 @@ class PackedHamiltonian:
         group.attrs["meta"] = json.dumps(self.meta)
 
     @classmethod
-    def read_group(cls, group, load=ARRAY_NAMES) -> "PackedHamiltonian":
+    def read_group(cls, group, load=ARRAY_NAMES) -> PackedHamiltonian:
         species = [z_to_symbol(z) for z in group["atomic_numbers"][()]]
 
         def maybe(name):
@@ -296,7 +265,7 @@ class PackedHamiltonian:
         write_packed(path, {name: self}, compression=compression)
 
     @classmethod
-    def load(cls, path, name: str | None = None, **kw) -> "PackedHamiltonian":
+    def load(cls, path, name: str | None = None, **kw) -> PackedHamiltonian:
         with PackedFile(path) as pf:
             names = pf.names()
             if name is None:
@@ -305,7 +274,7 @@ class PackedHamiltonian:
                 name = names[0]
             return pf.read(name, **kw)
 
-    def copy(self) -> "PackedHamiltonian":
+    def copy(self) -> PackedHamiltonian:
         return self.reorder_pairs(np.arange(self.num_pairs))
 
 

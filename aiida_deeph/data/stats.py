@@ -61,7 +61,7 @@ def load_group(group_label):
 
 
 def _atomic_number(symbol: str) -> int:
-    from aiida_deeph.io.packed import ATOMIC_NUMBERS
+    from aiida_deeph.core.elements import ATOMIC_NUMBERS
 
     return ATOMIC_NUMBERS.get(symbol, 1000)
 
@@ -447,7 +447,7 @@ def export_group(group_label, directory, fmt: str = "dock", shard_size: int = 50
 
     from aiida import orm
 
-    from aiida_deeph.io.packed import FORMAT_VERSION, write_packed
+    from aiida_deeph.core.packed import FORMAT_VERSION, write_packed
 
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (one of {', '.join(EXPORT_FORMATS)})")
@@ -479,7 +479,7 @@ def export_group(group_label, directory, fmt: str = "dock", shard_size: int = 50
                         progress(done, total, name)
 
             write_packed(directory / shard, stream())
-            for (pk, uuid, mp_id, formula), name in chunk:
+            for (_pk, uuid, mp_id, formula), name in chunk:
                 entries.append({"shard": shard, "name": name, "uuid": uuid, "mp_id": mp_id, "formula": formula})
     else:
         for (pk, uuid, mp_id, formula), name in zip(rows, names):
