@@ -262,95 +262,57 @@ def _optics(ref, pred, cfg, out_dir, label, name, b_ref, b_pred) -> dict:
     return out
 
 
-def make_report(model_dir, data_paths, output, train_data=None, curve_models=(), config: ReportConfig | None = None,
-                log=print) -> dict:
-    """Evaluate the model in ``model_dir`` on ``data_paths`` and write the report into ``output``."""
-    from aiida_deeph.ml.data import Reader
+DEFINITIONS = {
+    "mae": "mean |H_pred - (H_dft + dmu S)| over matrix entries (meV), dmu per structure = "
+           "sum (H_pred - H_dft) S / sum S^2 (the energy-zero shift); uncorrected: without dmu",
+    "per_element": "entries of the blocks whose two atoms include the element (A-A blocks once)",
+    "per_pair": "entries of the blocks between an A and a B atom; train_count: H blocks (directed atom "
+                "pairs (i, j, R), on-site included) of that pair in the training structures",
+    "spearman": "scipy.stats.spearmanr(train_count, mae_meV) over the element pairs",
+    "band_mae": "physics.compare.band_errors: each set relative to its own E_F, |E| <= window of DFT",
+    "gap": "over the seekpath band path and the SCF k-mesh (physics.bands.band_structure)",
+}
 
-    cfg = config or ReportConfig()
-    log = log or (lambda *_: None)
-    t_start = time.perf_counter()
-    model_dir = Path(model_dir)
-    out_dir = Path(output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+def _select(model_dir: Path, data_paths, train_data, which):
+    """(evaluation items, split name, training items or None, where the training items come from)."""
     items = _items(data_paths, "--data")
     split = _split_of(model_dir, items)
-    which = cfg.split
     if which is None:
         which = "test" if split is not None and split["test"] else "all"
+    eval_items = items
     if which != "all":
         if split is None:
             raise ReportError(f"--split {which}: {model_dir}/split.json does not match the structures of --data")
         eval_items = split[which]
         if not eval_items:
             raise ReportError(f"the {which} split of {model_dir} is empty")
-    else:
-        eval_items = items
     if train_data:
-        train_items, train_source = _items(train_data, "--train-data"), "--train-data"
-    elif split is not None:
-        train_items, train_source = split["train"], f"the train split of {model_dir.name}/split.json"
-    else:
-        train_items, train_source = None, None
-    reader = Reader()
-    counts = None
-    if train_items is not None:
-        counts = training_pair_counts(reader.read(it, load=()) for it in train_items)
+        return eval_items, which, _items(train_data, "--train-data"), "--train-data"
+    if split is not None:
+        return eval_items, which, split["train"], f"the train split of {model_dir.name}/split.json"
+    return eval_items, which, None, None
 
-    log(f"report: {len(eval_items)} evaluation structures ({which}); training counts from "
-        f"{train_source or 'nowhere (give --train-data)'}")
-    model = _load(model_dir, cfg.device)
-    table = ErrorTable()
-    names = _predict_all(model, eval_items, reader, out_dir / "predictions.h5", table, log, cfg.device)
-    metrics = table.result()
 
+def _pairs(metrics: dict, counts: dict | None, rare_count: int) -> tuple:
+    """(per_pair rows, Spearman of MAE against training count)."""
     pairs = []
     for key, mae in metrics["per_pair_mae_meV"].items():
         count = None if counts is None else int(counts.get(key, 0))
         pairs.append({"pair": key, "mae_meV": mae, "train_count": count,
                       "entries": metrics["per_pair_entries"][key],
-                      "rare": None if count is None else bool(count < cfg.rare_count)})
-    if counts is not None:
-        rho = spearman([p["train_count"] for p in pairs], [p["mae_meV"] for p in pairs])
-    else:
-        rho = {"rho": None, "p": None, "n": 0, "note": "no training data known: give --train-data"}
+                      "rare": None if count is None else bool(count < rare_count)})
+    if counts is None:
+        return pairs, {"rho": None, "p": None, "n": 0, "note": "no training data known: give --train-data"}
+    return pairs, spearman([p["train_count"] for p in pairs], [p["mae_meV"] for p in pairs])
 
-    rows = table.structures
-    report = {
-        "model": str(model_dir.resolve()),
-        "data": [str(Path(p).resolve()) for p in data_paths],
-        "split": which,
-        "num_structures": len(rows),
-        "mae_meV": metrics["mae_meV"],
-        "mae_uncorrected_meV": metrics["mae_uncorrected_meV"],
-        "num_entries": metrics["num_entries"],
-        "per_element_mae_meV": metrics["per_element_mae_meV"],
-        "per_element_uncorrected_meV": metrics["per_element_uncorrected_meV"],
-        "per_pair": pairs,
-        "spearman": rho,
-        "training_counts_from": train_source,
-        "per_structure": rows,
-        "cumulative": cumulative([r["mae_meV"] for r in rows]),
-        "config": cfg.to_dict(),
-        "definitions": {
-            "mae": "mean |H_pred - (H_dft + dmu S)| over matrix entries (meV), dmu per structure = "
-                   "sum (H_pred - H_dft) S / sum S^2 (the energy-zero shift); uncorrected: without dmu",
-            "per_element": "entries of the blocks whose two atoms include the element (A-A blocks once)",
-            "per_pair": "entries of the blocks between an A and a B atom; train_count: H blocks (directed atom "
-                        "pairs (i, j, R), on-site included) of that pair in the training structures",
-            "spearman": "scipy.stats.spearmanr(train_count, mae_meV) over the element pairs",
-            "band_mae": "physics.compare.band_errors: each set relative to its own E_F, |E| <= window of DFT",
-            "gap": "over the seekpath band path and the SCF k-mesh (physics.bands.band_structure)",
-        },
-        "figures": {},
-    }
 
-    # ---------------------------------------------------------------- properties (Figs. 3, 4d, 4e)
+def _properties(rows, names, by_name, reader, cfg: ReportConfig, out_dir: Path, log) -> list:
+    """Bands, gaps and chi of the structures picked by MAE rank (Figs. 3, 4d, 4e)."""
     from aiida_deeph.core.packed import PackedFile
 
     picks, rank_of = _property_picks(rows, cfg.ranks, cfg.max_properties) if rows else ([], {})
     props = []
-    by_name = {n: it for n, it in zip(names, eval_items)}
     with PackedFile(out_dir / "predictions.h5") as pf:
         for i in picks:
             name = names[i]
@@ -366,41 +328,49 @@ def make_report(model_dir, data_paths, output, train_data=None, curve_models=(),
             log(f"  properties of {name} ({ref.formula}): gap DFT {row.get('dft_gap_eV', float('nan')):.3f} / DeepH "
                 f"{row.get('deeph_gap_eV', float('nan')):.3f} eV, band MAE {row.get('band_mae_meV') or float('nan'):.1f} "
                 f"meV, optics {row.get('optics', '-')}")
-    report["properties"] = props
+    return props
+
+
+def _property_errors(props: list) -> tuple:
+    """(rows with both gaps, gap MAE meV, rows with both eps_inf, eps_inf MAE)."""
     gap_rows = [r for r in props if "dft_gap_eV" in r]
-    report["gap_mae_meV"] = (1000.0 * float(np.mean([abs(r["deeph_gap_eV"] - r["dft_gap_eV"]) for r in gap_rows]))
-                             if gap_rows else None)
+    gap_mae = (1000.0 * float(np.mean([abs(r["deeph_gap_eV"] - r["dft_gap_eV"]) for r in gap_rows]))
+               if gap_rows else None)
     chi_rows = [r for r in props if r.get("dft_eps_inf") is not None and r.get("deeph_eps_inf") is not None]
-    report["eps_inf_mae"] = (float(np.mean([abs(r["deeph_eps_inf"] - r["dft_eps_inf"]) for r in chi_rows]))
-                             if chi_rows else None)
-    report["chi0_mae"] = report["eps_inf_mae"]   # chi(0) = eps_inf - 1: the same absolute error
+    eps_mae = float(np.mean([abs(r["deeph_eps_inf"] - r["dft_eps_inf"]) for r in chi_rows])) if chi_rows else None
+    return gap_rows, gap_mae, chi_rows, eps_mae
 
-    # ---------------------------------------------------------------- learning curve (Fig. 4b)
+
+def _learning_curve(model_dir: Path, curve_models, names, by_name, reader, cfg: ReportConfig, mae: float,
+                    log) -> list:
+    """MAE of each ``curve_models`` folder on the same structures, with its number of training structures."""
+    from aiida_deeph.ml.predict import predict_hamiltonian
+
     curve = []
-    for extra in curve_models:
-        extra = Path(extra)
-        m = _load(extra, cfg.device)
-        t = ErrorTable()
-        from aiida_deeph.ml.predict import predict_hamiltonian
-
+    for extra in map(Path, curve_models):
+        model = _load(extra, cfg.device)
+        table = ErrorTable()
         for name in names:
             ref = reader.read(by_name[name], load=("hamiltonian", "overlap"))
-            t.add(name, predict_hamiltonian(m, ref, device=cfg.device), ref)
+            table.add(name, predict_hamiltonian(model, ref, device=cfg.device), ref)
         curve.append({"model": str(extra.resolve()), "label": extra.name, "num_train_structures": _train_size(extra),
-                      "mae_meV": t.result()["mae_meV"]})
+                      "mae_meV": table.result()["mae_meV"]})
         log(f"  learning curve: {extra.name}: {curve[-1]['num_train_structures']} training structures, "
             f"MAE {curve[-1]['mae_meV']:.3f} meV")
     if curve_models:
         curve.append({"model": str(model_dir.resolve()), "label": model_dir.name,
-                      "num_train_structures": _train_size(model_dir), "mae_meV": metrics["mae_meV"]})
-    report["learning_curve"] = curve
+                      "num_train_structures": _train_size(model_dir), "mae_meV": mae})
+    return curve
 
-    # ---------------------------------------------------------------- figures
-    figs = report["figures"]
-    model_name = model_dir.name
-    if metrics["per_element_mae_meV"]:
-        figures.periodic_table_mae(out_dir / "fig2a_per_element.png", metrics["per_element_mae_meV"],
-                                   title=f"{model_name}: MAE of H per element ({len(rows)} structures, {which})")
+
+def _figures(report: dict, counts: dict | None, cfg: ReportConfig, out_dir: Path, model_name: str) -> dict:
+    """Write the figures of ``report`` into ``out_dir``; returns {panel: file name(s)}."""
+    figs = {}
+    rows, pairs, rho = report["per_structure"], report["per_pair"], report["spearman"]
+    if report["per_element_mae_meV"]:
+        figures.periodic_table_mae(out_dir / "fig2a_per_element.png", report["per_element_mae_meV"],
+                                   title=f"{model_name}: MAE of H per element ({len(rows)} structures, "
+                                         f"{report['split']})")
         figs["2a"] = "fig2a_per_element.png"
     if rows:
         figures.structure_mae_distribution(out_dir / "fig2b_structure_mae.png", [r["mae_meV"] for r in rows])
@@ -415,26 +385,68 @@ def make_report(model_dir, data_paths, output, train_data=None, curve_models=(),
         figs["2c"] = "fig2c_pair_mae.png"
     if counts:
         figures.pair_heatmap(out_dir / "fig2d_pair_counts.png", elements, {k: float(v) for k, v in counts.items()},
-                             "H blocks in the training set", f"Training data per element pair ({train_source})")
+                             "H blocks in the training set",
+                             f"Training data per element pair ({report['training_counts_from']})")
         figs["2d"] = "fig2d_pair_counts.png"
         figures.mae_vs_count(out_dir / "fig2e_mae_vs_count.png", pairs, rho, cfg.rare_count)
         figs["2e"] = "fig2e_mae_vs_count.png"
-    figs["3"] = [r[k] for r in props for k in ("bands_figure", "chi_figure") if r.get(k)]
+    figs["3"] = [r[k] for r in report["properties"] for k in ("bands_figure", "chi_figure") if r.get(k)]
+    gap_rows, gap_mae, chi_rows, eps_mae = _property_errors(report["properties"])
     if gap_rows:
         figures.parity(out_dir / "fig4d_gap_parity.png", [r["dft_gap_eV"] for r in gap_rows],
                        [r["deeph_gap_eV"] for r in gap_rows], [r["name"] for r in gap_rows], "band gap", "eV",
-                       title=f"Band gap: MAE {report['gap_mae_meV']:.0f} meV over {len(gap_rows)} structures")
+                       title=f"Band gap: MAE {gap_mae:.0f} meV over {len(gap_rows)} structures")
         figs["4d"] = "fig4d_gap_parity.png"
     if chi_rows:
         figures.parity(out_dir / "fig4e_chi_parity.png", [r["dft_eps_inf"] - 1 for r in chi_rows],
                        [r["deeph_eps_inf"] - 1 for r in chi_rows], [r["name"] for r in chi_rows],
                        r"static $\chi(0) = \varepsilon_\infty - 1$", "",
-                       title=f"Static susceptibility: MAE {report['eps_inf_mae']:.3g} over {len(chi_rows)} insulators",
+                       title=f"Static susceptibility: MAE {eps_mae:.3g} over {len(chi_rows)} insulators",
                        from_zero=False)
         figs["4e"] = "fig4e_chi_parity.png"
-    if len(curve) >= 2:
-        figures.learning_curve(out_dir / "fig4b_learning_curve.png", curve)
+    if len(report["learning_curve"]) >= 2:
+        figures.learning_curve(out_dir / "fig4b_learning_curve.png", report["learning_curve"])
         figs["4b"] = "fig4b_learning_curve.png"
+    return figs
+
+
+def make_report(model_dir, data_paths, output, train_data=None, curve_models=(), config: ReportConfig | None = None,
+                log=print) -> dict:
+    """Evaluate the model in ``model_dir`` on ``data_paths`` and write the report into ``output``."""
+    from aiida_deeph.ml.data import Reader
+
+    cfg = config or ReportConfig()
+    log = log or (lambda *_: None)
+    t_start = time.perf_counter()
+    model_dir, out_dir = Path(model_dir), Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    eval_items, which, train_items, train_source = _select(model_dir, data_paths, train_data, cfg.split)
+    reader = Reader()
+    counts = None if train_items is None else training_pair_counts(reader.read(it, load=()) for it in train_items)
+    log(f"report: {len(eval_items)} evaluation structures ({which}); training counts from "
+        f"{train_source or 'nowhere (give --train-data)'}")
+    table = ErrorTable()
+    names = _predict_all(_load(model_dir, cfg.device), eval_items, reader, out_dir / "predictions.h5", table, log,
+                         cfg.device)
+    metrics = table.result()
+    pairs, rho = _pairs(metrics, counts, cfg.rare_count)
+    rows = table.structures
+    report = {
+        "model": str(model_dir.resolve()), "data": [str(Path(p).resolve()) for p in data_paths], "split": which,
+        "num_structures": len(rows), "mae_meV": metrics["mae_meV"],
+        "mae_uncorrected_meV": metrics["mae_uncorrected_meV"], "num_entries": metrics["num_entries"],
+        "per_element_mae_meV": metrics["per_element_mae_meV"],
+        "per_element_uncorrected_meV": metrics["per_element_uncorrected_meV"],
+        "per_pair": pairs, "spearman": rho, "training_counts_from": train_source, "per_structure": rows,
+        "cumulative": cumulative([r["mae_meV"] for r in rows]), "config": cfg.to_dict(), "definitions": DEFINITIONS,
+    }
+    by_name = dict(zip(names, eval_items))
+    report["properties"] = _properties(rows, names, by_name, reader, cfg, out_dir, log)
+    _, report["gap_mae_meV"], _, report["eps_inf_mae"] = _property_errors(report["properties"])
+    report["chi0_mae"] = report["eps_inf_mae"]   # chi(0) = eps_inf - 1: the same absolute error
+    report["learning_curve"] = _learning_curve(model_dir, curve_models, names, by_name, reader, cfg,
+                                               metrics["mae_meV"], log)
+    report["figures"] = _figures(report, counts, cfg, out_dir, model_dir.name)
     report["seconds"] = time.perf_counter() - t_start
     _write_json(out_dir / "report.json", report)
     return report
