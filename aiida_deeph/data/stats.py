@@ -274,53 +274,13 @@ def format_stats(stats: dict) -> str:
 
 
 # ---------------------------------------------------------------------- plotting
-def plot_stats(stats: dict, path) -> Path:
-    """Write a figure: element counts, element-pair heat map (paper's Fig. 2d), atoms-per-cell histogram."""
+def _pair_heatmap(fig, ax_hm, stats: dict, elements: list) -> None:
+    """The element-pair heat map, lower triangle (elements ordered by atomic number)."""
     import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import LogNorm
-    from matplotlib.figure import Figure  # no pyplot: no global backend state, nothing to close
     from matplotlib.ticker import MaxNLocator
 
-    elements = sorted(stats["elements"], key=_element_key)
-    for pair in stats["element_pairs"]:
-        for el in pair.split("-"):
-            if el not in stats["elements"]:
-                elements = sorted(set(elements) | {el}, key=_element_key)
     ne = len(elements)
-
-    fig = Figure(figsize=(13, 7.5), constrained_layout=True)
-    FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(2, 2, width_ratios=[1.0, 1.05])
-    ax_el = fig.add_subplot(grid[0, 0])
-    ax_at = fig.add_subplot(grid[1, 0])
-    ax_hm = fig.add_subplot(grid[:, 1])
-    fig.suptitle(f"{stats['group']}: {stats['num_structures']} structures, "
-                 f"{stats['num_atom_pairs']:,} atom pairs, {_human_bytes(stats['storage_bytes'])}")
-
-    # element counts
-    counts = [stats["elements"].get(el, 0) for el in elements]
-    ax_el.bar(range(ne), counts, color="tab:blue")
-    ax_el.set_xticks(range(ne), elements, rotation=0 if ne <= 16 else 90)
-    ax_el.set_ylabel("structures")
-    ax_el.set_title("Structures containing each element")
-    if not ne:
-        ax_el.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax_el.transAxes)
-
-    # atoms per cell
-    hist = {int(k): v for k, v in stats["atoms_per_cell"].items()}
-    if hist:
-        ax_at.bar(list(hist), list(hist.values()), width=0.8, color="tab:green")
-        ax_at.set_xlim(min(hist) - 1, max(hist) + 1)
-    else:
-        ax_at.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax_at.transAxes)
-    for axis in (ax_el.yaxis, ax_at.xaxis, ax_at.yaxis):
-        axis.set_major_locator(MaxNLocator(integer=True))
-    ax_at.set_xlabel("atoms per cell")
-    ax_at.set_ylabel("structures")
-    ax_at.set_title("Atoms per cell")
-
-    # element-pair heat map, lower triangle (elements ordered by atomic number)
     matrix = np.full((ne, ne), np.nan)
     index = {el: i for i, el in enumerate(elements)}
     for pair, count in stats["element_pairs"].items():
@@ -355,6 +315,8 @@ def plot_stats(stats: dict, path) -> Path:
     for spine in ("top", "right"):
         ax_hm.spines[spine].set_visible(False)
 
+
+def _save_atomically(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix or ".png", dir=path.parent)
@@ -367,6 +329,53 @@ def plot_stats(stats: dict, path) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def plot_stats(stats: dict, path) -> Path:
+    """Write a figure: element counts, element-pair heat map (paper's Fig. 2d), atoms-per-cell histogram."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, nothing to close
+    from matplotlib.ticker import MaxNLocator
+
+    elements = sorted(stats["elements"], key=_element_key)
+    for pair in stats["element_pairs"]:
+        for el in pair.split("-"):
+            if el not in stats["elements"]:
+                elements = sorted(set(elements) | {el}, key=_element_key)
+    ne = len(elements)
+
+    fig = Figure(figsize=(13, 7.5), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2, 2, width_ratios=[1.0, 1.05])
+    ax_el = fig.add_subplot(grid[0, 0])
+    ax_at = fig.add_subplot(grid[1, 0])
+    fig.suptitle(f"{stats['group']}: {stats['num_structures']} structures, "
+                 f"{stats['num_atom_pairs']:,} atom pairs, {_human_bytes(stats['storage_bytes'])}")
+
+    # element counts
+    counts = [stats["elements"].get(el, 0) for el in elements]
+    ax_el.bar(range(ne), counts, color="tab:blue")
+    ax_el.set_xticks(range(ne), elements, rotation=0 if ne <= 16 else 90)
+    ax_el.set_ylabel("structures")
+    ax_el.set_title("Structures containing each element")
+    if not ne:
+        ax_el.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax_el.transAxes)
+
+    # atoms per cell
+    hist = {int(k): v for k, v in stats["atoms_per_cell"].items()}
+    if hist:
+        ax_at.bar(list(hist), list(hist.values()), width=0.8, color="tab:green")
+        ax_at.set_xlim(min(hist) - 1, max(hist) + 1)
+    else:
+        ax_at.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax_at.transAxes)
+    for axis in (ax_el.yaxis, ax_at.xaxis, ax_at.yaxis):
+        axis.set_major_locator(MaxNLocator(integer=True))
+    ax_at.set_xlabel("atoms per cell")
+    ax_at.set_ylabel("structures")
+    ax_at.set_title("Atoms per cell")
+
+    _pair_heatmap(fig, fig.add_subplot(grid[:, 1]), stats, elements)
+    return _save_atomically(fig, path)
 
 
 # ---------------------------------------------------------------------- export

@@ -40,6 +40,39 @@ def _text_of(path_or_text) -> tuple:
     raise OpenmxBandError(f"read_band expects a path or the file text, got {type(path_or_text).__name__}")
 
 
+def _kpath_lines(lines, name: str) -> list:
+    """The k-path segments of a .Band header: ``{'npoints', 'start', 'end', 'labels'}`` each."""
+    kpath = []
+    for ln in lines:
+        tok = ln.split()
+        try:
+            kpath.append({"npoints": int(tok[0]), "start": [float(x) for x in tok[1:4]],
+                          "end": [float(x) for x in tok[4:7]],
+                          "labels": (tok[7], tok[8]) if len(tok) >= 9 else ("", "")})
+        except (ValueError, IndexError):
+            raise OpenmxBandError(f"{name}: unreadable k-path line {ln!r}") from None
+    return kpath
+
+
+def _kpoint_records(tokens, name: str) -> tuple:
+    """(k-points, eigenvalue lists) of the records ``n k1 k2 k3 e_1 .. e_n`` that follow the header."""
+    kpts, eigs = [], []
+    pos = 0
+    try:
+        while pos < len(tokens):
+            n = int(tokens[pos])
+            k = [float(x) for x in tokens[pos + 1:pos + 4]]
+            vals = [float(x) for x in tokens[pos + 4:pos + 4 + n]]
+            if len(k) != 3 or len(vals) != n:
+                raise OpenmxBandError(f"{name}: truncated k-point record at token {pos}")
+            kpts.append(k)
+            eigs.append(vals)
+            pos += 4 + n
+    except ValueError:
+        raise OpenmxBandError(f"{name}: unreadable k-point record at token {pos}") from None
+    return kpts, eigs
+
+
 def read_band(path_or_text) -> dict:
     """Read a ``.Band`` file (path, ``.xz`` path, or its text).
 
@@ -64,37 +97,9 @@ def read_band(path_or_text) -> dict:
         raise OpenmxBandError(f"{name}: header nbands={nbands} spin={spin} paths={npath} not supported")
     if len(lines) < 3 + npath:
         raise OpenmxBandError(f"{name}: file ends inside the {npath} k-path lines")
-    kpath = []
-    for ln in lines[3:3 + npath]:
-        tok = ln.split()
-        try:
-            kpath.append(
-                {
-                    "npoints": int(tok[0]),
-                    "start": [float(x) for x in tok[1:4]],
-                    "end": [float(x) for x in tok[4:7]],
-                    "labels": (tok[7], tok[8]) if len(tok) >= 9 else ("", ""),
-                }
-            )
-        except (ValueError, IndexError):
-            raise OpenmxBandError(f"{name}: unreadable k-path line {ln!r}") from None
-
-    tokens = " ".join(lines[3 + npath:]).split()
+    kpath = _kpath_lines(lines[3:3 + npath], name)
     nspin = spin + 1
-    kpts, eigs = [], []
-    pos = 0
-    try:
-        while pos < len(tokens):
-            n = int(tokens[pos])
-            k = [float(x) for x in tokens[pos + 1:pos + 4]]
-            vals = [float(x) for x in tokens[pos + 4:pos + 4 + n]]
-            if len(k) != 3 or len(vals) != n:
-                raise OpenmxBandError(f"{name}: truncated k-point record at token {pos}")
-            kpts.append(k)
-            eigs.append(vals)
-            pos += 4 + n
-    except ValueError:
-        raise OpenmxBandError(f"{name}: unreadable k-point record at token {pos}") from None
+    kpts, eigs = _kpoint_records(" ".join(lines[3 + npath:]).split(), name)
     if not eigs:
         raise OpenmxBandError(f"{name}: no k-point records")
     if len({len(e) for e in eigs}) != 1:

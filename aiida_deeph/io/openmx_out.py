@@ -111,6 +111,65 @@ def _section_after(lines: list, title: str) -> list:
     return []
 
 
+def _scf_section(text: str, lines: list, history_all: list) -> dict:
+    """The echoed input, scf.maxIter / scf.criterion from it, and the SCF history of the last MD step."""
+    result: dict = {}
+    input_text = _echoed_input(lines)
+    result["input_text"] = input_text
+    params: dict = {}
+    if input_text:
+        try:
+            params = parse_input(input_text)
+        except OpenmxInputError:
+            params = {}
+    try:
+        max_iter = int(get_keyword(params, "scf.maxIter", [OPENMX_DEFAULT_MAXITER])[0])
+    except (ValueError, IndexError):
+        raise OpenmxOutputError("echoed input has an unreadable scf.maxIter") from None
+    try:
+        criterion = float(get_keyword(params, "scf.criterion", [OPENMX_DEFAULT_CRITERION])[0])
+    except (ValueError, IndexError):
+        raise OpenmxOutputError("echoed input has an unreadable scf.criterion") from None
+    result["scf_max_iter"] = max_iter
+    result["scf_criterion"] = criterion
+
+    md_marks = [(m.start(), int(m.group(1))) for m in _MD_RE.finditer(text)]
+    last_md_pos = md_marks[-1][0] if md_marks else -1
+    history = []
+    for pos, step, normrd, uele in history_all:
+        md = max((n for p, n in md_marks if p < pos), default=1)
+        if pos > last_md_pos:
+            history.append({"step": step, "NormRD": normrd, "Uele": uele, "md": md})
+    result["md_steps"] = md_marks[-1][1] if md_marks else (1 if history else 0)
+    result["scf_history"] = history
+    result["scf_steps"] = len(history)
+    result["last_delta_uele"] = abs(history[-1]["Uele"] - history[-2]["Uele"]) if len(history) >= 2 else None
+    result["scf_converged"] = scf_converged(history, max_iter, criterion)
+    return result
+
+
+def _timings(text: str, lines: list) -> dict:
+    """Elapsed time and the timing tables (name -> max seconds over ranks) of the final section."""
+    result: dict = {}
+    elapsed = _ELAPSED_RE.findall(text)
+    result["elapsed_time"] = float(elapsed[-1]) if elapsed else None
+    timings, timings_dft = {}, {}
+    section = _section_after(lines, "Computational Time (second)")
+    target = timings
+    for line in section:
+        if "*** In DFT ***" in line:
+            target = timings_dft
+            continue
+        m = _TIMING_RE.match(line)
+        if m:
+            target[m.group(1).strip()] = float(m.group(5))
+    result["timings"] = timings
+    result["timings_dft"] = timings_dft
+    result["total_time"] = timings.get("Total Computational Time", result["elapsed_time"])
+    result["complete"] = bool(section) and result["elapsed_time"] is not None
+    return result
+
+
 def parse_out(text: str) -> dict:
     """Parse the text of an OpenMX ``.out`` file.
 
@@ -139,39 +198,7 @@ def parse_out(text: str) -> dict:
         result["mpi_processes"] = int(procs.group(1))
         result["openmp_threads"] = int(procs.group(2))
 
-    # echoed input -> scf.maxIter, scf.criterion
-    input_text = _echoed_input(lines)
-    result["input_text"] = input_text
-    params: dict = {}
-    if input_text:
-        try:
-            params = parse_input(input_text)
-        except OpenmxInputError:
-            params = {}
-    try:
-        max_iter = int(get_keyword(params, "scf.maxIter", [OPENMX_DEFAULT_MAXITER])[0])
-    except (ValueError, IndexError):
-        raise OpenmxOutputError("echoed input has an unreadable scf.maxIter") from None
-    try:
-        criterion = float(get_keyword(params, "scf.criterion", [OPENMX_DEFAULT_CRITERION])[0])
-    except (ValueError, IndexError):
-        raise OpenmxOutputError("echoed input has an unreadable scf.criterion") from None
-    result["scf_max_iter"] = max_iter
-    result["scf_criterion"] = criterion
-
-    # SCF history of the last MD step
-    md_marks = [(m.start(), int(m.group(1))) for m in _MD_RE.finditer(text)]
-    last_md_pos = md_marks[-1][0] if md_marks else -1
-    history = []
-    for pos, step, normrd, uele in history_all:
-        md = max((n for p, n in md_marks if p < pos), default=1)
-        if pos > last_md_pos:
-            history.append({"step": step, "NormRD": normrd, "Uele": uele, "md": md})
-    result["md_steps"] = md_marks[-1][1] if md_marks else (1 if history else 0)
-    result["scf_history"] = history
-    result["scf_steps"] = len(history)
-    result["last_delta_uele"] = abs(history[-1]["Uele"] - history[-2]["Uele"]) if len(history) >= 2 else None
-    result["scf_converged"] = scf_converged(history, max_iter, criterion)
+    result.update(_scf_section(text, lines, history_all))
 
     # energies (the last occurrence of each term wins: last MD step)
     energies_ha: dict = {}
@@ -189,23 +216,7 @@ def parse_out(text: str) -> dict:
         result["fermi_energy_hartree"] = float(chemp[-1])
         result["fermi_energy"] = float(chemp[-1]) * HARTREE_TO_EV
 
-    # timings
-    elapsed = _ELAPSED_RE.findall(text)
-    result["elapsed_time"] = float(elapsed[-1]) if elapsed else None
-    timings, timings_dft = {}, {}
-    section = _section_after(lines, "Computational Time (second)")
-    target = timings
-    for line in section:
-        if "*** In DFT ***" in line:
-            target = timings_dft
-            continue
-        m = _TIMING_RE.match(line)
-        if m:
-            target[m.group(1).strip()] = float(m.group(5))
-    result["timings"] = timings
-    result["timings_dft"] = timings_dft
-    result["total_time"] = timings.get("Total Computational Time", result["elapsed_time"])
-    result["complete"] = bool(section) and result["elapsed_time"] is not None
+    result.update(_timings(text, lines))
     result["warnings"] = [line.strip() for line in lines if _WARN_RE.search(line)]
     return result
 

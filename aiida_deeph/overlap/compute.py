@@ -41,20 +41,8 @@ def resolve_basis(species, basis_table="corpus", basis: dict | None = None) -> d
     return out
 
 
-def compute_overlap(cell, positions, species, basis_table="corpus", pao_dir=None, basis: dict | None = None,
-                    grids: TransformGrids = OPENMX_GRIDS, min_distance: float = MIN_DISTANCE_ANGSTROM,
-                    meta: dict | None = None, position_matrix: bool = False) -> PackedHamiltonian:
-    """S (and the OpenMX atom pairs) of a structure, straight from the PAO files.
-
-    ``cell`` (3, 3) Angstrom, rows are lattice vectors; ``positions`` (N, 3) Cartesian Angstrom;
-    ``species`` element symbols; ``basis_table`` a protocol name (``corpus``), a JSON path or a
-    :class:`BasisTable`; ``pao_dir`` a folder of ``<stem>.pao`` / ``<stem>.pao.xz`` files (default:
-    ``$AIIDA_DEEPH_PAO_DIR`` or ``$OPENMX_DATA_PATH/PAO``); ``basis`` optional element -> basis
-    string overrides. Returns a sorted :class:`PackedHamiltonian` with ``overlap`` only, or with
-    ``overlap`` and ``position_matrix`` (``<i,0|r|j,R>``, Angstrom, absolute Cartesian, the two-centre
-    integrals of r: what OpenMX computes on its real-space grid as OLPpo, plus ``tau_i S``) when
-    ``position_matrix`` is true.
-    """
+def _checked_structure(cell, positions, species) -> tuple:
+    """(cell (3, 3), positions (N, 3), species) as arrays, refusing mismatched, non-finite or unknown input."""
     cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     species = [str(s) for s in species]
@@ -67,22 +55,23 @@ def compute_overlap(cell, positions, species, basis_table="corpus", pao_dir=None
             symbol_to_z(s)
         except ValueError as exc:
             raise OverlapError(str(exc)) from None
-    if pao_dir is None:
-        pao_dir = default_pao_dir()
-        if pao_dir is None:
-            raise OverlapError("no PAO folder given (pass pao_dir / --pao-dir, or set AIIDA_DEEPH_PAO_DIR)")
-    names = resolve_basis(species, basis_table, basis)
-    funcs = {el: load_basis_functions(pao_dir, name) for el, name in names.items()}
-    rc = np.array([funcs[s].cutoff_bohr for s in species])
-    pairs, vectors = find_pairs(cell, positions, rc, min_distance=min_distance, species=species)
+    return cell, positions, species
 
-    orbital_ls = {el: list(f.ls) for el, f in funcs.items()}
+
+def _valence(basis_table, funcs: dict, species) -> float | None:
+    """The electron count of the basis table when it covers every element, else None."""
+    try:
+        table = _table(basis_table)
+        if all(el in table.elements for el in funcs):
+            return table.num_electrons(species)
+    except (OverlapError, BasisError, KeyError, ValueError):
+        pass
+    return None
+
+
+def _fill_overlaps(overlap, relative, offsets, pairs, vectors, species, funcs: dict, grids) -> None:
+    """S blocks (and, with ``relative``, the bra-relative position blocks in Bohr) of every pair, in place."""
     norb_el = {el: f.num_orbitals for el, f in funcs.items()}
-    norb = np.array([norb_el[s] for s in species], dtype=np.int64)
-    offsets = PackedHamiltonian.offsets_for(pairs, norb)
-    overlap = np.empty(int(offsets[-1]), dtype=np.float64)
-    relative = np.empty((int(offsets[-1]), 3), dtype=np.float64) if position_matrix else None
-
     el_index = {el: n for n, el in enumerate(funcs)}
     sp = np.array([el_index[s] for s in species], dtype=np.int64)
     ne = len(funcs)
@@ -107,16 +96,43 @@ def compute_overlap(cell, positions, species, basis_table="corpus", pao_dir=None
             if sel_ba.size:
                 idx = offsets[sel_ba][:, None] + np.arange(size)[None, :]
                 overlap[idx] = blocks[sel_ab.size:].transpose(0, 2, 1).reshape(sel_ba.size, size)
-            if position_matrix:
+            if relative is not None:
                 _fill_dipoles(relative, offsets, sel_ab, sel_ba, vecs, blocks, funcs[ea], funcs[eb], grids)
 
-    num_electrons = None
-    try:
-        table = _table(basis_table)
-        if all(el in table.elements for el in funcs) and not basis:
-            num_electrons = table.num_electrons(species)
-    except (OverlapError, BasisError, KeyError, ValueError):
-        num_electrons = None
+
+def compute_overlap(cell, positions, species, basis_table="corpus", pao_dir=None, basis: dict | None = None,
+                    grids: TransformGrids = OPENMX_GRIDS, min_distance: float = MIN_DISTANCE_ANGSTROM,
+                    meta: dict | None = None, position_matrix: bool = False) -> PackedHamiltonian:
+    """S (and the OpenMX atom pairs) of a structure, straight from the PAO files.
+
+    ``cell`` (3, 3) Angstrom, rows are lattice vectors; ``positions`` (N, 3) Cartesian Angstrom;
+    ``species`` element symbols; ``basis_table`` a protocol name (``corpus``), a JSON path or a
+    :class:`BasisTable`; ``pao_dir`` a folder of ``<stem>.pao`` / ``<stem>.pao.xz`` files (default:
+    ``$AIIDA_DEEPH_PAO_DIR`` or ``$OPENMX_DATA_PATH/PAO``); ``basis`` optional element -> basis
+    string overrides. Returns a sorted :class:`PackedHamiltonian` with ``overlap`` only, or with
+    ``overlap`` and ``position_matrix`` (``<i,0|r|j,R>``, Angstrom, absolute Cartesian, the two-centre
+    integrals of r: what OpenMX computes on its real-space grid as OLPpo, plus ``tau_i S``) when
+    ``position_matrix`` is true.
+    """
+    cell, positions, species = _checked_structure(cell, positions, species)
+    if pao_dir is None:
+        pao_dir = default_pao_dir()
+        if pao_dir is None:
+            raise OverlapError("no PAO folder given (pass pao_dir / --pao-dir, or set AIIDA_DEEPH_PAO_DIR)")
+    names = resolve_basis(species, basis_table, basis)
+    funcs = {el: load_basis_functions(pao_dir, name) for el, name in names.items()}
+    rc = np.array([funcs[s].cutoff_bohr for s in species])
+    pairs, vectors = find_pairs(cell, positions, rc, min_distance=min_distance, species=species)
+
+    orbital_ls = {el: list(f.ls) for el, f in funcs.items()}
+    norb_el = {el: f.num_orbitals for el, f in funcs.items()}
+    norb = np.array([norb_el[s] for s in species], dtype=np.int64)
+    offsets = PackedHamiltonian.offsets_for(pairs, norb)
+    overlap = np.empty(int(offsets[-1]), dtype=np.float64)
+    relative = np.empty((int(offsets[-1]), 3), dtype=np.float64) if position_matrix else None
+
+    _fill_overlaps(overlap, relative, offsets, pairs, vectors, species, funcs, grids)
+    num_electrons = None if basis else _valence(basis_table, funcs, species)
     info = {
         "source": "PAO overlap",
         "code": "aiida-deeph",

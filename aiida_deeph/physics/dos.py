@@ -21,7 +21,7 @@ from aiida_deeph.core.packed import PackedHamiltonian
 
 from ..core.lattice import reciprocal_cell
 from .bands import check_finite
-from .kspace import BlochBuilder, KSpaceError, gamma_mesh, orbital_labels, solve
+from .kspace import BlochBuilder, KSpaceError, electron_count, gamma_mesh, orbital_labels, solve
 
 L_NAMES = "spdf"
 METHODS = ("gaussian", "tetrahedron")
@@ -126,15 +126,8 @@ def _tetrahedron_weights(e: np.ndarray, mesh, egrid: np.ndarray, bvec: np.ndarra
         yield slice(None), bands, w.reshape(nk * len(bands), len(egrid))
 
 
-def density_of_states(ham: PackedHamiltonian, mesh=None, spacing: float | None = None, sigma: float = 0.1,
-                      method: str = "gaussian", grid=None, window=(-10.0, 10.0), num_electrons: float | None = None,
-                      projected: bool = True, s_threshold: float = 1e-7, basis_table: str = "corpus") -> dict:
-    """Total and projected DOS of ``ham``; returns the dos.json dictionary (see the module docstring).
-
-    ``mesh`` (n1, n2, n3) Gamma-centred, or ``spacing`` (1/Angstrom, 2 pi included: ceil(|b_i|/spacing),
-    DeepH-dock's ``--kp-density``), default spacing 0.1. ``grid`` (EMIN, EMAX, N) absolute eV, else
-    ``window`` relative to E_F with a 0.01 eV step.
-    """
+def _checked_mesh(ham: PackedHamiltonian, mesh, spacing, method: str, sigma: float) -> list:
+    """The k-mesh of a DOS (``mesh``, else from ``spacing``, default 0.1), refusing what the method cannot use."""
     if method not in METHODS:
         raise DosError(f"unknown DOS method {method!r} (gaussian or tetrahedron)")
     if method == "gaussian" and not sigma > 0:
@@ -148,13 +141,20 @@ def density_of_states(ham: PackedHamiltonian, mesh=None, spacing: float | None =
         raise DosError(
             f"a {'x'.join(map(str, mesh))} mesh is too coarse for the tetrahedron method (at least "
             f"{TETRAHEDRON_MIN_POINTS} k-points per axis); use a finer --mesh or --method gaussian")
-    if num_electrons is None:
-        if ham.num_electrons is not None:
-            num_electrons = float(ham.num_electrons)
-        else:
-            from ..core.basis import load_basis_table
+    return mesh
 
-            num_electrons = load_basis_table(basis_table).num_electrons(ham.species)
+
+def density_of_states(ham: PackedHamiltonian, mesh=None, spacing: float | None = None, sigma: float = 0.1,
+                      method: str = "gaussian", grid=None, window=(-10.0, 10.0), num_electrons: float | None = None,
+                      projected: bool = True, s_threshold: float = 1e-7, basis_table: str = "corpus") -> dict:
+    """Total and projected DOS of ``ham``; returns the dos.json dictionary (see the module docstring).
+
+    ``mesh`` (n1, n2, n3) Gamma-centred, or ``spacing`` (1/Angstrom, 2 pi included: ceil(|b_i|/spacing),
+    DeepH-dock's ``--kp-density``), default spacing 0.1. ``grid`` (EMIN, EMAX, N) absolute eV, else
+    ``window`` relative to E_F with a 0.01 eV step.
+    """
+    mesh = _checked_mesh(ham, mesh, spacing, method, sigma)
+    num_electrons = electron_count(ham, num_electrons, basis_table)
     sol = mesh_eigen(ham, mesh, s_threshold=s_threshold, projections=projected)
     energies = sol["energies"]
     filled = np.where(np.isfinite(energies), energies, DROPPED_ENERGY)

@@ -21,6 +21,17 @@ class KSpaceError(ValueError):
     """A k-space request that cannot be served (missing arrays, broken overlap, bad mesh)."""
 
 
+def electron_count(ham: PackedHamiltonian, num_electrons: float | None = None, basis_table: str = "corpus") -> float:
+    """``num_electrons`` if given, else the count stored with ``ham``, else the valence of the basis table."""
+    if num_electrons is not None:
+        return float(num_electrons)
+    if ham.num_electrons is not None:
+        return float(ham.num_electrons)
+    from aiida_deeph.core.basis import load_basis_table
+
+    return float(load_basis_table(basis_table).num_electrons(ham.species))
+
+
 def gamma_mesh(grid) -> np.ndarray:
     """Gamma-centred mesh ``k = (m1/n1, m2/n2, m3/n3)``, m_i = 0..n_i-1, as DeepH-dock's (and libtetrabz's)
     order: the first axis slowest. Returns (n1 n2 n3, 3) fractional k-points (all weights 1/nk)."""

@@ -27,7 +27,7 @@ import numpy as np
 from aiida_deeph.core.packed import PackedHamiltonian
 
 from .bands import check_finite
-from .kspace import BlochBuilder, KSpaceError, gamma_mesh, solve
+from .kspace import BlochBuilder, KSpaceError, electron_count, gamma_mesh, solve
 
 E2_OVER_EPS0_EV_ANGSTROM = 4.0 * np.pi * 14.399645478425668   # e^2 / eps0 in eV * Angstrom
 _PAIR_BYTES = 128 * 2 ** 20
@@ -74,13 +74,7 @@ def susceptibility(ham: PackedHamiltonian, mesh, eta: float = 0.1, omega_max: fl
     if not omega_max > 0 or int(num_omega) < 2:
         raise OpticsError(f"the frequency grid needs omega_max > 0 and at least 2 points, got {omega_max}, {num_omega}")
     mesh = [int(n) for n in mesh]
-    if num_electrons is None:
-        if ham.num_electrons is not None:
-            num_electrons = float(ham.num_electrons)
-        else:
-            from ..core.basis import load_basis_table
-
-            num_electrons = load_basis_table(basis_table).num_electrons(ham.species)
+    num_electrons = electron_count(ham, num_electrons, basis_table)
     half = float(num_electrons) / 2.0
     nocc = int(round(half))
     if abs(half - nocc) > 1e-6:

@@ -248,6 +248,65 @@ def wrap_to_unit_cell(structure, tol: float = 1e-8):
                      site_properties=structure.site_properties or None)
 
 
+def _screen(record, allowed: set, offline: bool, primitive: bool, max_sites: int, source: str, seen: set,
+            wanted_set) -> Candidate | Rejection | None:
+    """One record through the filter: a Candidate, the first Rejection that applies, or None (not asked for)."""
+    if not isinstance(record, dict):
+        return Rejection("?", "?", "invalid", f"record is a {type(record).__name__}, not a dict")
+    mp_id = str(record.get("material_id") or "").strip()
+    formula = str(record.get("formula_pretty") or record.get("formula") or "?")
+    if wanted_set is not None and mp_id not in wanted_set:
+        return None
+    if not mp_id:
+        return Rejection("?", formula, "invalid", "record has no material_id")
+    if mp_id in seen:
+        return Rejection(mp_id, formula, "duplicate", f"{mp_id} seen before in these records")
+    seen.add(mp_id)
+    try:
+        structure = _structure_of(record)
+    except Exception as exc:  # noqa: BLE001 - any unreadable structure is 'invalid'
+        msg = " ".join(str(exc).split())[:200]
+        return Rejection(mp_id, formula, "invalid", f"unreadable structure: {type(exc).__name__}: {msg}")
+    if len(structure) == 0:
+        return Rejection(mp_id, formula, "invalid", "structure has no sites")
+    if formula == "?":
+        formula = structure.composition.reduced_formula
+    symbols = sorted({el.symbol for el in structure.composition.elements})
+    symbols += [e for e in (record.get("elements") or []) if str(e) not in symbols]
+    bad = [str(e) for e in symbols if str(e) not in allowed]
+    if bad:
+        return Rejection(mp_id, formula, "element", f"contains {', '.join(bad)}")
+    if not structure.is_ordered:
+        disordered = sum(1 for site in structure if not site.is_ordered)
+        return Rejection(mp_id, formula, "partial occupancy",
+                         f"{disordered} of {len(structure)} sites partially occupied")
+    problem = _magnetic_problem(record, offline)
+    if problem:
+        return Rejection(mp_id, formula, "magnetic", problem)
+    n_given = len(structure)
+    if primitive:
+        try:
+            structure = wrap_to_unit_cell(structure.get_primitive_structure())
+        except Exception as exc:  # noqa: BLE001
+            return Rejection(mp_id, formula, "invalid", f"primitive reduction failed: {exc}")
+        if len(structure) > max_sites:
+            return Rejection(mp_id, formula, "size",
+                             f"{len(structure)} sites > {max_sites} (primitive cell; given cell {n_given})")
+    elif n_given > max_sites:
+        return Rejection(mp_id, formula, "size", f"{n_given} sites > {max_sites} (given cell)")
+    sg = record.get("spacegroup_number")
+    return Candidate(
+        mp_id=mp_id, formula=formula, structure=structure, nsites_original=n_given,
+        source=source, ordering=str(record.get("ordering") or "Unknown"),
+        magnetic_risk_flags=list(record.get("magnetic_risk_flags") or []),
+        spacegroup_number=int(sg) if sg is not None else None,
+        e_above_hull=record.get("e_above_hull"), band_gap=record.get("band_gap"),
+        formation_energy_per_atom=record.get("formation_energy_per_atom"),
+        database_version=record.get("database_version"), record_source=record.get("source"),
+        primitive=bool(primitive),
+    )
+
+
 def filter_records(
     records: Iterable[dict],
     max_sites: int = 150,
@@ -277,71 +336,11 @@ def filter_records(
     n_records = 0
     for record in records:
         n_records += 1
-        if not isinstance(record, dict):
-            rejections.append(Rejection("?", "?", "invalid", f"record is a {type(record).__name__}, not a dict"))
-            continue
-        mp_id = str(record.get("material_id") or "").strip()
-        formula = str(record.get("formula_pretty") or record.get("formula") or "?")
-        if wanted_set is not None and mp_id not in wanted_set:
-            continue
-        if not mp_id:
-            rejections.append(Rejection("?", formula, "invalid", "record has no material_id"))
-            continue
-        if mp_id in seen:
-            rejections.append(Rejection(mp_id, formula, "duplicate", f"{mp_id} seen before in these records"))
-            continue
-        seen.add(mp_id)
-        try:
-            structure = _structure_of(record)
-        except Exception as exc:  # noqa: BLE001 - any unreadable structure is 'invalid'
-            msg = " ".join(str(exc).split())[:200]
-            rejections.append(Rejection(mp_id, formula, "invalid", f"unreadable structure: {type(exc).__name__}: {msg}"))
-            continue
-        if len(structure) == 0:
-            rejections.append(Rejection(mp_id, formula, "invalid", "structure has no sites"))
-            continue
-        if formula == "?":
-            formula = structure.composition.reduced_formula
-        symbols = sorted({el.symbol for el in structure.composition.elements})
-        symbols += [e for e in (record.get("elements") or []) if str(e) not in symbols]
-        bad = [str(e) for e in symbols if str(e) not in allowed]
-        if bad:
-            rejections.append(Rejection(mp_id, formula, "element", f"contains {', '.join(bad)}"))
-            continue
-        if not structure.is_ordered:
-            disordered = sum(1 for site in structure if not site.is_ordered)
-            rejections.append(Rejection(mp_id, formula, "partial occupancy",
-                                        f"{disordered} of {len(structure)} sites partially occupied"))
-            continue
-        problem = _magnetic_problem(record, offline)
-        if problem:
-            rejections.append(Rejection(mp_id, formula, "magnetic", problem))
-            continue
-        n_given = len(structure)
-        if primitive:
-            try:
-                structure = wrap_to_unit_cell(structure.get_primitive_structure())
-            except Exception as exc:  # noqa: BLE001
-                rejections.append(Rejection(mp_id, formula, "invalid", f"primitive reduction failed: {exc}"))
-                continue
-            if len(structure) > max_sites:
-                rejections.append(Rejection(mp_id, formula, "size",
-                                            f"{len(structure)} sites > {max_sites} (primitive cell; given cell {n_given})"))
-                continue
-        elif n_given > max_sites:
-            rejections.append(Rejection(mp_id, formula, "size", f"{n_given} sites > {max_sites} (given cell)"))
-            continue
-        sg = record.get("spacegroup_number")
-        candidates.append(Candidate(
-            mp_id=mp_id, formula=formula, structure=structure, nsites_original=n_given,
-            source=source, ordering=str(record.get("ordering") or "Unknown"),
-            magnetic_risk_flags=list(record.get("magnetic_risk_flags") or []),
-            spacegroup_number=int(sg) if sg is not None else None,
-            e_above_hull=record.get("e_above_hull"), band_gap=record.get("band_gap"),
-            formation_energy_per_atom=record.get("formation_energy_per_atom"),
-            database_version=record.get("database_version"), record_source=record.get("source"),
-            primitive=bool(primitive),
-        ))
+        outcome = _screen(record, allowed, offline, primitive, int(max_sites), source, seen, wanted_set)
+        if isinstance(outcome, Rejection):
+            rejections.append(outcome)
+        elif outcome is not None:
+            candidates.append(outcome)
 
     candidates.sort(key=lambda c: (c.nsites, mp_id_sort_key(c.mp_id)))
     notes = [
