@@ -276,19 +276,8 @@ class DeepHTrainCalculation(CalcJob):
 
     def _pack_hamiltonians(self, folder, shard_size: int) -> None:
         """Write the ``hamiltonians`` input as packed shards ``data/shard-00000.h5`` ... in the sandbox."""
-        from collections import Counter
+        from aiida_deeph.data.stats import node_rows, write_shards
 
-        from aiida_deeph.core.packed import write_packed
-
-        nodes = sorted(self.inputs.hamiltonians.items())
-        mp_ids = Counter(n.base.attributes.get("mp_id", None) for _, n in nodes)
-        names = []
-        for key, node in nodes:
-            mp_id = node.base.attributes.get("mp_id", None)
-            names.append(str(mp_id) if mp_id and mp_ids[mp_id] == 1 else key)
+        nodes = [node for _key, node in sorted(self.inputs.hamiltonians.items())]
         data_dir = folder.get_subfolder(self._DATA_DIR, create=True)
-        shard_size = max(int(shard_size), 1)
-        for k, start in enumerate(range(0, len(nodes), shard_size)):
-            chunk = list(zip(names[start:start + shard_size], nodes[start:start + shard_size]))
-            structures = ((name, node.get_packed(load=("hamiltonian", "overlap"))) for name, (_key, node) in chunk)
-            write_packed(f"{data_dir.abspath}/shard-{k:05d}.h5", structures)
+        write_shards(node_rows(nodes), data_dir.abspath, max(int(shard_size), 1))

@@ -393,6 +393,46 @@ def _group_rows(group) -> list:
     return qb.all()
 
 
+def node_rows(nodes) -> list:
+    """(pk, uuid, mp_id, formula) of stored HamiltonianData nodes, as :func:`_group_rows` gives them."""
+    return [(n.pk, n.uuid, n.base.attributes.get("mp_id", None), n.base.attributes.get("formula", None))
+            for n in nodes]
+
+
+def write_shards(rows, directory, shard_size: int = 500, names=None, progress=None,
+                 load=("hamiltonian", "overlap")) -> list:
+    """The one shard writer: ``rows`` (pk, uuid, mp_id, formula) -> ``directory/shard-00000.h5`` ... of up to
+    ``shard_size`` structures each, named by :func:`structure_names` (unless ``names`` are given), nodes loaded
+    one at a time by PK. Returns the index entries ``{shard, name, uuid, mp_id, formula}``;
+    ``progress(done, total, name)`` after each structure."""
+    from aiida import orm
+
+    from aiida_deeph.core.packed import write_packed
+
+    shard_size = int(shard_size)
+    if shard_size < 1:
+        raise ValueError("shard_size must be at least 1")
+    names = structure_names(rows) if names is None else list(names)
+    directory = Path(directory)
+    total, done, entries = len(rows), 0, []
+    for k, start in enumerate(range(0, total, shard_size)):
+        shard = f"shard-{k:05d}.h5"
+        chunk = list(zip(rows[start:start + shard_size], names[start:start + shard_size]))
+
+        def stream(chunk=chunk):
+            nonlocal done
+            for (pk, _uuid, _mp_id, _formula), name in chunk:
+                yield name, orm.load_node(pk).get_packed(load=load)
+                done += 1
+                if progress is not None:
+                    progress(done, total, name)
+
+        write_packed(directory / shard, stream())
+        entries += [{"shard": shard, "name": name, "uuid": uuid, "mp_id": mp_id, "formula": formula}
+                    for (_pk, uuid, mp_id, formula), name in chunk]
+    return entries
+
+
 def _safe_name(name: str) -> str:
     name = str(name).strip().replace(os.sep, "_").replace("/", "_")
     if name in ("", ".", ".."):
@@ -456,7 +496,7 @@ def export_group(group_label, directory, fmt: str = "dock", shard_size: int = 50
 
     from aiida import orm
 
-    from aiida_deeph.core.packed import FORMAT_VERSION, write_packed
+    from aiida_deeph.core.packed import ARRAY_NAMES, FORMAT_VERSION
 
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (one of {', '.join(EXPORT_FORMATS)})")
@@ -474,22 +514,7 @@ def export_group(group_label, directory, fmt: str = "dock", shard_size: int = 50
     done = 0
 
     if fmt == "packed":
-        for k, start in enumerate(range(0, total, shard_size)):
-            shard = f"shard-{k:05d}.h5"
-            chunk = list(zip(rows[start:start + shard_size], names[start:start + shard_size]))
-
-            def stream(chunk=chunk):
-                nonlocal done
-                for (pk, _uuid, _mp_id, _formula), name in chunk:
-                    packed = orm.load_node(pk).get_packed()
-                    yield name, packed
-                    done += 1
-                    if progress is not None:
-                        progress(done, total, name)
-
-            write_packed(directory / shard, stream())
-            for (_pk, uuid, mp_id, formula), name in chunk:
-                entries.append({"shard": shard, "name": name, "uuid": uuid, "mp_id": mp_id, "formula": formula})
+        entries = write_shards(rows, directory, shard_size, names=names, progress=progress, load=ARRAY_NAMES)
     else:
         for (pk, uuid, mp_id, formula), name in zip(rows, names):
             orm.load_node(pk).export(directory / name, fmt=fmt)

@@ -71,8 +71,7 @@ def stage_dataset(group_or_nodes, computer, remote_dir, shard_size: int = 500, p
     """Pack ``group_or_nodes`` (Group, group label or HamiltonianData list) into shards in ``remote_dir`` on
     ``computer`` (absolute path; created) and return the ``RemoteData`` to give ``DeepHTrainCalculation``
     as ``dataset``. Idempotent: the same nodes, folder and shard size return the earlier RemoteData."""
-    from aiida_deeph.core.packed import write_packed
-    from aiida_deeph.data.stats import export_group, structure_names
+    from aiida_deeph.data.stats import export_group, node_rows, write_shards
 
     if isinstance(computer, str):
         computer = orm.load_computer(computer)
@@ -91,17 +90,7 @@ def stage_dataset(group_or_nodes, computer, remote_dir, shard_size: int = 500, p
         if group is not None and len(nodes) == group.count():
             index = export_group(group.label, local, fmt="packed", shard_size=shard_size, progress=progress)
         else:
-            rows = [(n.pk, n.uuid, n.base.attributes.get("mp_id", None), n.base.attributes.get("formula", None))
-                    for n in nodes]
-            names = structure_names(rows)
-            entries = []
-            for k, start in enumerate(range(0, len(nodes), shard_size)):
-                shard = f"shard-{k:05d}.h5"
-                chunk = list(zip(nodes[start:start + shard_size], names[start:start + shard_size]))
-                write_packed(local / shard, ((name, node.get_packed(load=("hamiltonian", "overlap")))
-                                             for node, name in chunk))
-                entries += [{"shard": shard, "name": name, "uuid": node.uuid, "mp_id": row[2], "formula": row[3]}
-                            for (node, name), row in zip(chunk, rows[start:start + shard_size])]
+            entries = write_shards(node_rows(nodes), local, shard_size, progress=progress)
             index = {"format": "packed", "group": None, "num_structures": len(nodes), "shard_size": shard_size,
                      "num_shards": len({e["shard"] for e in entries}), "structures": entries}
             (local / "index.json").write_text(json.dumps(index, indent=2))
