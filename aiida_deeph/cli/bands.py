@@ -4,8 +4,10 @@ Output JSON keys: ``kpoints`` ([k1, k2, k3] fractional in the reciprocal basis o
 ``eigenvalues_eV`` (one list per k-point, ascending; all bands with the dense solver, ``null`` where
 near-null S directions were dropped), ``fermi_energy_eV``, ``fermi_source`` ('info.json' or
 'electron count'), ``labels`` ([index, label]), ``segments``, ``band_gap_eV`` (and ``band_gap``
-details), ``dropped_s_eigenvectors`` (largest number dropped at any k), ``min_s_eigenvalue``,
-``solver``, ``num_orbitals``, ``timings_s``.
+details: over the k-points and the SCF k-mesh, as the work chains compute it, ``gap_over``; the k-points'
+own gap: ``band_gap_path_eV``), ``dropped_s_eigenvectors`` (largest number dropped at any k), ``min_s_eigenvalue``,
+``solver``, ``num_orbitals``, ``timings_s``. One pipeline with the work chains:
+:func:`aiida_deeph.physics.bands.band_structure`.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ def _nan_to_none(values):
 def run(args) -> int:
     import numpy as np
 
-    from ..physics.bands import band_gap, check_finite, fermi_level, solve_bands
+    from ..physics.bands import band_structure, check_finite
     from ..physics.kpath import auto_kpath, read_kpoints_file
 
     t0 = time.perf_counter()
@@ -44,27 +46,19 @@ def run(args) -> int:
         kpath_source = f"seekpath {path['bravais_lattice']}"
     t_path = time.perf_counter()
 
-    threads = args.threads or None
-    fermi_info = None
-    if ham.fermi_energy_eV is not None and math.isfinite(ham.fermi_energy_eV) and not args.recompute_fermi:
-        fermi, fermi_source = float(ham.fermi_energy_eV), "info.json"
-    else:
-        fermi_info = fermi_level(ham, basis_table=args.basis, threads=threads, s_threshold=args.s_threshold)
-        fermi, fermi_source = float(fermi_info["fermi_energy_eV"]), "electron count"
-        ham.fermi_energy_eV = fermi
-    t_fermi = time.perf_counter()
+    from ..physics.kspace import electron_count
 
-    window = None
-    if args.window is not None:
-        window = (fermi + args.window[0], fermi + args.window[1])
-    result, solver = solve_bands(
-        ham, kpoints, solver=args.solver, num_bands=args.num_bands,
-        emin=None if window is None else window[0], emax=None if window is None else window[1],
-        sigma=fermi if window is None else None, s_threshold=args.s_threshold, threads=threads,
-    )
+    threads = args.threads or None
+    given = ham.fermi_energy_eV if ham.fermi_energy_eV is not None and math.isfinite(ham.fermi_energy_eV) \
+        and not args.recompute_fermi else None
+    bs = band_structure(ham, kpoints, electron_count(ham, None, args.basis), fermi_energy=given,
+                        solver=args.solver, num_bands=args.num_bands, window=args.window,
+                        threads=threads, s_threshold=args.s_threshold, mesh=not args.path_gap_only)
     t_solve = time.perf_counter()
-    padded = result.padded()
-    gap = band_gap(padded, fermi)  # with a window of bands: from the bands next to the Fermi level
+    result, solver, fermi, fermi_info = bs["result"], bs["solver"], bs["fermi_energy_eV"], bs["fermi"]
+    fermi_source = "info.json" if given is not None else "electron count"
+    gap = bs["gap"]
+    window = None if args.window is None else (fermi + args.window[0], fermi + args.window[1])
     out = {
         "kpoints": np.asarray(kpoints, dtype=float).tolist(),
         "eigenvalues_eV": [_nan_to_none(e) for e in result.eigenvalues],
@@ -75,6 +69,9 @@ def run(args) -> int:
         "kpath_source": kpath_source,
         "band_gap_eV": float(gap["gap_eV"]),
         "band_gap": gap,
+        "band_gap_path_eV": float(bs["path_gap"]["gap_eV"]),
+        "band_gap_path": bs["path_gap"],
+        "gap_over": bs["gap_over"],
         "dropped_s_eigenvectors": int(np.max(result.dropped)) if len(result.dropped) else 0,
         "min_s_eigenvalue": None if not math.isfinite(result.min_s_eigenvalue) else float(result.min_s_eigenvalue),
         "s_threshold": args.s_threshold,
@@ -86,15 +83,14 @@ def run(args) -> int:
         "formula": ham.formula,
         "energy_unit": "eV",
         "kpoints_basis": "fractional, reciprocal basis of the input cell",
-        "timings_s": {"read": t_read - t0, "kpath": t_path - t_read, "fermi": t_fermi - t_path,
-                      "solve": t_solve - t_fermi},
+        "timings_s": {"read": t_read - t0, "kpath": t_path - t_read, "fermi_and_solve": t_solve - t_path},
     }
     if fermi_info is not None:
         out["fermi_level"] = fermi_info
     output = write_json(args.output, out)
     if not args.quiet:
         print(f"{ham.formula}: {len(kpoints)} k-points, {ham.num_orbitals} orbitals, solver {solver}, "
-              f"E_F = {fermi:.4f} eV ({fermi_source}), gap {gap['gap_eV']:.4f} eV; "
+              f"E_F = {fermi:.4f} eV ({fermi_source}), gap {gap['gap_eV']:.4f} eV ({bs['gap_over']}); "
               f"{t_solve - t0:.2f} s; written to {output}", file=sys.stdout)
     return 0
 
@@ -127,5 +123,8 @@ def register(subparsers) -> None:
                    help="basis protocol for the valence electron count when the folder has none (default corpus)")
     p.add_argument("--recompute-fermi", action="store_true",
                    help="compute the Fermi level from the electron count even if info.json has one")
+    p.add_argument("--path-gap-only", action="store_true",
+                   help="with the Fermi level of info.json: the gap over the k-points given only, no SCF-mesh solve "
+                        "(default: over the k-points and the SCF k-mesh, as the work chains do)")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=run)

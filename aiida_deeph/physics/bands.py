@@ -698,29 +698,39 @@ def solve_bands(ham: PackedHamiltonian, kpoints, solver: str = "auto", num_bands
 
 
 def band_structure(ham: PackedHamiltonian, kpoints, num_electrons: float, spacing: float = 0.30, kmax=8,
-                   temperature: float = 300.0, s_threshold: float = 1e-7, num_bands: int | None = None) -> dict:
+                   temperature: float = 300.0, s_threshold: float = 1e-7, num_bands: int | None = None,
+                   fermi_energy: float | None = None, solver: str = "auto", window=None, threads: int | None = None,
+                   mesh: bool = True) -> dict:
     """Bands along ``kpoints`` with the Fermi level of the electron count and the gap over path and mesh.
 
-    The one band pipeline of ``compute_bands`` (the work chains) and ``aiida-deeph report``: Fermi level
-    from ``num_electrons`` on the SCF k-mesh of ``spacing``/``kmax`` (:func:`fermi_level`), all bands along
-    the path (or ``num_bands`` around E_F with the sparse solver), the gap over the union of the path and the
-    mesh. Returns ``result`` (WindowResult), ``eigenvalues`` (padded, eV), ``solver``, ``fermi`` (the
-    :func:`fermi_level` dict), ``fermi_energy_eV``, ``path_gap`` and ``gap`` (combined).
+    The one band pipeline of ``compute_bands`` (the work chains), ``aiida-deeph bands`` and ``aiida-deeph
+    report``: the Fermi level from ``num_electrons`` on the SCF k-mesh of ``spacing``/``kmax``
+    (:func:`fermi_level`), unless ``fermi_energy`` is given; all bands along the path, or with ``window``
+    (EMIN, EMAX relative to E_F) / ``num_bands`` a window of bands (``solver``: auto, dense, sparse); the gap
+    over the union of the path and the mesh (``mesh=False`` with a given ``fermi_energy``: the path only, no
+    mesh solve). Returns ``result`` (WindowResult), ``eigenvalues`` (padded, eV), ``solver``, ``fermi`` (the
+    :func:`fermi_level` dict or None), ``fermi_energy_eV``, ``path_gap``, ``gap`` (combined) and ``gap_over``.
     """
     from .compare import combine_gaps
 
-    fl = fermi_level(ham, num_electrons=num_electrons, spacing=spacing, kmax=kmax, temperature=temperature,
-                     s_threshold=s_threshold)
-    ef = fl["fermi_energy_eV"]
-    res, solver = solve_bands(ham, kpoints, num_bands=num_bands, sigma=ef if num_bands else None,
-                              s_threshold=s_threshold)
+    fl = None
+    if fermi_energy is None or mesh:
+        fl = fermi_level(ham, num_electrons=num_electrons, spacing=spacing, kmax=kmax, temperature=temperature,
+                         s_threshold=s_threshold, threads=threads)
+    ef = float(fermi_energy) if fermi_energy is not None else float(fl["fermi_energy_eV"])
+    emin, emax = (None, None) if window is None else (ef + float(window[0]), ef + float(window[1]))
+    res, solver = solve_bands(ham, kpoints, solver=solver, num_bands=num_bands, emin=emin, emax=emax,
+                              sigma=ef if window is None else None, s_threshold=s_threshold, threads=threads)
     eig = res.padded()
     path_gap = band_gap(eig, ef)
+    if fl is None:
+        return {"result": res, "eigenvalues": eig, "solver": solver, "fermi": None, "fermi_energy_eV": ef,
+                "path_gap": path_gap, "gap": path_gap, "gap_over": "band path"}
     nel = float(num_electrons)
     mesh_gap = {"is_metal": fl["is_metal"], "vbm_eV": fl["vbm_eV"], "cbm_eV": fl["cbm_eV"],
                 # an insulator's mesh holds N/2 occupied bands (spin-degenerate)
                 "num_occupied_bands": (int(round(nel / 2)) if abs(nel / 2 - round(nel / 2)) < 1e-6 else None)}
     if solver != "dense":
         mesh_gap["num_occupied_bands"] = path_gap.get("num_occupied_bands")  # windowed: band counts are relative
-    return {"result": res, "eigenvalues": eig, "solver": solver, "fermi": fl, "fermi_energy_eV": float(ef),
-            "path_gap": path_gap, "gap": combine_gaps(path_gap, mesh_gap)}
+    return {"result": res, "eigenvalues": eig, "solver": solver, "fermi": fl, "fermi_energy_eV": ef,
+            "path_gap": path_gap, "gap": combine_gaps(path_gap, mesh_gap), "gap_over": "band path and Fermi-level k-mesh"}
