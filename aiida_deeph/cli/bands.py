@@ -53,7 +53,8 @@ def run(args) -> int:
         and not args.recompute_fermi else None
     bs = band_structure(ham, kpoints, electron_count(ham, None, args.basis), fermi_energy=given,
                         solver=args.solver, num_bands=args.num_bands, window=args.window,
-                        threads=threads, s_threshold=args.s_threshold, mesh=not args.path_gap_only)
+                        threads=threads, s_threshold=args.s_threshold,
+                        mesh=False if args.path_gap_only else None)
     t_solve = time.perf_counter()
     result, solver, fermi, fermi_info = bs["result"], bs["solver"], bs["fermi_energy_eV"], bs["fermi"]
     fermi_source = "info.json" if given is not None else "electron count"
@@ -125,6 +126,7 @@ def register(subparsers) -> None:
                    help="compute the Fermi level from the electron count even if info.json has one")
     p.add_argument("--path-gap-only", action="store_true",
                    help="with the Fermi level of info.json: the gap over the k-points given only, no SCF-mesh solve "
-                        "(default: over the k-points and the SCF k-mesh, as the work chains do)")
+                        "(default: over the k-points and the SCF k-mesh, as the work chains do, except for cells "
+                        "in the sparse solver's range)")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=run)

@@ -700,7 +700,7 @@ def solve_bands(ham: PackedHamiltonian, kpoints, solver: str = "auto", num_bands
 def band_structure(ham: PackedHamiltonian, kpoints, num_electrons: float, spacing: float = 0.30, kmax=8,
                    temperature: float = 300.0, s_threshold: float = 1e-7, num_bands: int | None = None,
                    fermi_energy: float | None = None, solver: str = "auto", window=None, threads: int | None = None,
-                   mesh: bool = True) -> dict:
+                   mesh: bool | None = None) -> dict:
     """Bands along ``kpoints`` with the Fermi level of the electron count and the gap over path and mesh.
 
     The one band pipeline of ``compute_bands`` (the work chains), ``aiida-deeph bands`` and ``aiida-deeph
@@ -708,11 +708,14 @@ def band_structure(ham: PackedHamiltonian, kpoints, num_electrons: float, spacin
     (:func:`fermi_level`), unless ``fermi_energy`` is given; all bands along the path, or with ``window``
     (EMIN, EMAX relative to E_F) / ``num_bands`` a window of bands (``solver``: auto, dense, sparse); the gap
     over the union of the path and the mesh (``mesh=False`` with a given ``fermi_energy``: the path only, no
-    mesh solve). Returns ``result`` (WindowResult), ``eigenvalues`` (padded, eV), ``solver``, ``fermi`` (the
+    mesh solve; ``mesh=None``: the same when the cell is in the sparse solver's range, where dense mesh solves
+    would cost more than the bands). Returns ``result`` (WindowResult), ``eigenvalues`` (padded, eV), ``solver``, ``fermi`` (the
     :func:`fermi_level` dict or None), ``fermi_energy_eV``, ``path_gap``, ``gap`` (combined) and ``gap_over``.
     """
     from .compare import combine_gaps
 
+    if mesh is None:
+        mesh = ham.num_orbitals <= DENSE_MAX_ORBITALS
     fl = None
     if fermi_energy is None or mesh:
         fl = fermi_level(ham, num_electrons=num_electrons, spacing=spacing, kmax=kmax, temperature=temperature,
