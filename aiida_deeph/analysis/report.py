@@ -466,6 +466,6 @@ def clean_json(x):
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(clean_json(payload), indent=1, allow_nan=False))
-    tmp.replace(path)
+    from aiida_deeph.core.files import write_json_atomic
+
+    write_json_atomic(path, clean_json(payload), indent=1, allow_nan=False)

@@ -1,8 +1,6 @@
 """Helpers shared by the property subcommands (bands, dos, optics): input folders, JSON outputs, the one-line report (figures: physics.plots)."""
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from .errors import CliError
@@ -28,12 +26,9 @@ def load_hs(folder, purpose: str, extra=()):
 
 def write_json(path, payload) -> Path:
     """Write ``payload`` as JSON through a temporary sibling and a rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, allow_nan=False))
-    os.replace(tmp, path)
-    return path
+    from aiida_deeph.core.files import write_json_atomic
+
+    return write_json_atomic(path, payload, indent=1, allow_nan=False)
 
 
 def report(line: str, args, out: Path) -> None:

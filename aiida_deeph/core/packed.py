@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .elements import formula_of, symbol_to_z, z_to_symbol
+from .files import atomic_path
 
 FORMAT_NAME = "aiida-deeph-packed"
 ARRAY_NAMES = ("hamiltonian", "overlap", "density_matrix", "position_matrix")  # the optional per-entry arrays
@@ -318,28 +318,16 @@ def write_packed(path, structures, compression: str | None = "gzip") -> None:
 
     path = os.fspath(path)
     items = structures.items() if isinstance(structures, dict) else structures
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         count = 0
-        with h5py.File(tmp, "w") as handle:
-            handle.attrs["format"] = FORMAT_NAME
-            handle.attrs["format_version"] = FORMAT_VERSION
-            group = handle.create_group("structures")
-            for name, ham in items:
-                ham.validate()
-                ham.write_group(group.create_group(str(name)), compression=compression)
-                count += 1
-            handle.attrs["num_structures"] = count
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        handle.attrs["format"] = FORMAT_NAME
+        handle.attrs["format_version"] = FORMAT_VERSION
+        group = handle.create_group("structures")
+        for name, ham in items:
+            ham.validate()
+            ham.write_group(group.create_group(str(name)), compression=compression)
+            count += 1
+        handle.attrs["num_structures"] = count
 
 
 class PackedFile:

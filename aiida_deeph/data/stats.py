@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -317,18 +316,11 @@ def _pair_heatmap(fig, ax_hm, stats: dict, elements: list) -> None:
 
 
 def _save_atomically(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix or ".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    from aiida_deeph.core.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
+    return Path(path)
 
 
 def plot_stats(stats: dict, path) -> Path:
@@ -455,16 +447,9 @@ def structure_names(rows) -> list:
 
 
 def _write_json_atomic(path: Path, data) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from aiida_deeph.core.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _previous_outputs(directory: Path) -> set:

@@ -47,14 +47,14 @@ def _write_like(input_folder: Path, out_folder: Path, ham_pred) -> None:
     entries = arrays["hamiltonian"][entry_gather_index(ham_pred.offsets, order)]
     if len(entries) != cb_in[-1]:
         raise ValueError(f"{input_folder}: chunk_boundaries of overlap.h5 do not match the orbital counts")
-    tmp = out_folder / ".hamiltonian.h5.tmp"
-    with h5py.File(tmp, "w") as h5:
+    from aiida_deeph.core.files import atomic_path
+
+    with atomic_path(out_folder / "hamiltonian.h5") as tmp, h5py.File(tmp, "w") as h5:
         h5.create_dataset("atom_pairs", data=ap_in)
         h5.create_dataset("chunk_boundaries", data=cb_in)
         if shapes_in is not None:
             h5.create_dataset("chunk_shapes", data=shapes_in)
         h5.create_dataset("entries", data=entries.astype(np.float64))
-    tmp.replace(out_folder / "hamiltonian.h5")
 
 
 def _write_info(src: Path, dst: Path) -> None:
@@ -67,9 +67,9 @@ def _write_info(src: Path, dst: Path) -> None:
     info.pop("fermi_energy_eV", None)
     extra = info.setdefault("aiida_deeph", {})
     extra["meta"] = dict(extra.get("meta", {}), source="DeepH-2 prediction")
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.write_text(json.dumps(info))
-    tmp.replace(dst)
+    from aiida_deeph.core.files import write_json_atomic
+
+    write_json_atomic(dst, info)
 
 
 def predict_dock_folders(model_dir, inputs, output, device=None, log=print) -> list:

@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aiida_deeph.core.files import atomic_path, write_json_atomic, write_text_atomic
+
 from .data import StructureDataset, discover, make_loader, scan_metadata, split_items, write_split
 from .harmonics import union_multiplicity
 from .loss import MetricAccumulator, band_errors, band_loss, gauge_loss, onsite_entry_weights, projected_band_loss
@@ -222,9 +224,7 @@ def write_status(output, stop_reason: str, epochs=None, best_val=None, last_val=
         status["message"] = message
     status.update(extra)
     if out.is_dir():
-        tmp = out / ".status.json.tmp"
-        tmp.write_text(json.dumps(status, indent=1))
-        os.replace(tmp, out / "status.json")
+        write_json_atomic(out / "status.json", status, indent=1)
     return status
 
 
@@ -263,9 +263,7 @@ def _truncate_metrics(path: Path, epoch: int) -> None:
             continue
         keep.append(line)
     if len(keep) != len(lines):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -293,10 +291,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path, payload: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path) -> dict:
@@ -742,9 +738,7 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
             with open(metrics_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             save_checkpoint(latest, checkpoint_payload(epoch, best))
-            tmp = out / ".latest.json.tmp"
-            tmp.write_text(json.dumps({"epoch": epoch, "best_val_mae_meV": _finite(best_mae)}))
-            os.replace(tmp, out / "latest.json")
+            write_json_atomic(out / "latest.json", {"epoch": epoch, "best_val_mae_meV": _finite(best_mae)})
             vtxt = f"val MAE {record['val_mae_meV']:8.3f} meV" if "val_mae_meV" in record else "val MAE        -    "
             if "val_band_mae_meV" in record:
                 vtxt += f"  bands {record['val_band_mae_meV']:7.1f} meV"
@@ -778,9 +772,7 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
             res["split"] = "test"
             res["checkpoint"] = "best.pt"
             res["epochs"] = epoch
-            tmp = out / ".test_metrics.json.tmp"
-            tmp.write_text(json.dumps(res, indent=1, default=float))
-            os.replace(tmp, out / "test_metrics.json")
+            write_json_atomic(out / "test_metrics.json", res, indent=1, default=float)
             log(f"test MAE of the best model: {test_mae:.3f} meV ({len(split['test'])} structures)")
     summary = {"epochs": epoch, "best_val_mae_meV": best_mae, "last_val_mae_meV": last_val, "stop_reason": stop_reason,
                "num_parameters": nparams, "elapsed_s": time.monotonic() - t_start, "output": str(out),

@@ -43,10 +43,10 @@ def input_for(structure, protocol: str = "moderate", data_path: str = "/replay/D
 
 
 def _xz(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    with open(src, "rb") as fin, lzma.open(tmp, "wb", preset=9 | lzma.PRESET_EXTREME) as fout:
+    from aiida_deeph.core.files import atomic_path
+
+    with atomic_path(dst) as tmp, open(src, "rb") as fin, lzma.open(tmp, "wb", preset=9 | lzma.PRESET_EXTREME) as fout:
         shutil.copyfileobj(fin, fout)
-    tmp.replace(dst)
 
 
 def record_run(input_text: str, name: str, out_dir, install: OpenmxInstall, meta: dict | None = None,

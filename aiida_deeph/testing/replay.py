@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from aiida_deeph.core.constants import BOHR_TO_ANGSTROM
+from aiida_deeph.core.files import write_json_atomic
 from aiida_deeph.io.openmx_input import OpenmxInputError, get_keyword, parse_input
 
 __all__ = [
@@ -272,10 +273,7 @@ def load_index(corpus_dirs) -> dict:
     index = _compute_index(dats)
     for path in candidates:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"signature": signature, "index": index}))
-            os.replace(tmp, path)
+            write_json_atomic(path, {"signature": signature, "index": index})
             break
         except OSError:
             continue
