@@ -354,14 +354,56 @@ def read_legacy(folder) -> PackedHamiltonian:
     return ham
 
 
+def write_hamiltonian_like(input_folder: Path, out_folder: Path, ham_pred) -> None:
+    """Write ``out_folder/hamiltonian.h5`` from ``ham_pred`` with the exact atom_pairs order, chunk_boundaries and
+    chunk_shapes of ``input_folder/overlap.h5`` (a prediction on exactly the input's pairs)."""
+    import h5py
+
+    with h5py.File(input_folder / "overlap.h5", "r") as h5:
+        ap_in = h5["atom_pairs"][()].astype(np.int64)
+        cb_in = h5["chunk_boundaries"][()].astype(np.int64)
+        shapes_in = h5["chunk_shapes"][()] if "chunk_shapes" in h5 else None
+    arrays = permute_orbitals(ham_pred, {"hamiltonian": ham_pred.hamiltonian})
+    index = ham_pred.pair_index()
+    try:
+        order = np.array([index[tuple(r)] for r in ap_in.tolist()], dtype=np.int64)
+    except KeyError:
+        raise ValueError(f"{input_folder}: atom_pairs of overlap.h5 do not match the structure read") from None
+    entries = arrays["hamiltonian"][entry_gather_index(ham_pred.offsets, order)]
+    if len(entries) != cb_in[-1]:
+        raise ValueError(f"{input_folder}: chunk_boundaries of overlap.h5 do not match the orbital counts")
+    from aiida_deeph.core.files import atomic_path
+
+    with atomic_path(out_folder / "hamiltonian.h5") as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("atom_pairs", data=ap_in)
+        h5.create_dataset("chunk_boundaries", data=cb_in)
+        if shapes_in is not None:
+            h5.create_dataset("chunk_shapes", data=shapes_in)
+        h5.create_dataset("entries", data=entries.astype(np.float64))
+
+
+def write_prediction_info(src: Path, dst: Path) -> None:
+    """The input's info.json without its Fermi level: a DFT Fermi level does not belong to the prediction
+    (the model's H has its own energy zero, H + dmu S); ``aiida-deeph bands`` then finds it from the electron
+    count. The source of H is recorded (``aiida_deeph.meta.source``)."""
+
+    info = json.loads(src.read_text())
+    info.pop("fermi_energy_eV", None)
+    extra = info.setdefault("aiida_deeph", {})
+    extra["meta"] = dict(extra.get("meta", {}), source="DeepH-2 prediction")
+    from aiida_deeph.core.files import write_json_atomic
+
+    write_json_atomic(dst, info)
+
+
 def is_dock_folder(path) -> bool:
-    path = Path(path)
-    return (path / "POSCAR").is_file() and (path / "info.json").is_file() and (
-        (path / "overlap.h5").is_file() or (path / "hamiltonian.h5").is_file()
-    )
+    """A DeepH-dock structure folder (:func:`aiida_deeph.io.formats.is_dock`)."""
+    from .formats import is_dock
+
+    return is_dock(path)
 
 
 __all__ = [
-    "write_dock", "read_dock", "write_legacy", "read_legacy", "is_dock_folder", "DockFormatError",
+    "write_dock", "read_dock", "write_hamiltonian_like", "write_prediction_info", "write_legacy", "read_legacy", "is_dock_folder", "DockFormatError",
     "atom_orbital_permutation", "grouped_atom_order", "reorder_atoms", "symbol_to_z",
 ]

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aiida_deeph.io.formats import is_dock, is_openmx_run, is_packed
+
 from .model import BasisMap, basis_metadata, collate_graphs, prepare_graph
 
 
@@ -34,29 +36,6 @@ class Item:
         return self.name if self.kind != "packed" else f"{Path(self.path).stem}/{self.name}"
 
 
-def _is_dock(folder: Path) -> bool:
-    return (folder / "info.json").is_file() and ((folder / "overlap.h5").is_file() or (folder / "hamiltonian.h5").is_file())
-
-
-def _is_openmx(folder: Path) -> bool:
-    return any(folder.glob("*.scfout")) or any(folder.glob("*.scfout.xz"))
-
-
-def _is_packed(path: Path) -> bool:
-    if not path.is_file() or path.suffix.lower() not in (".h5", ".hdf5"):
-        return False
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as handle:
-            fmt = handle.attrs.get("format")
-    except OSError:
-        return False
-    if isinstance(fmt, bytes):
-        fmt = fmt.decode()
-    return fmt == "aiida-deeph-packed"
-
-
 def discover(paths) -> list:
     """Expand data paths into a sorted, de-duplicated list of :class:`Item`."""
     from aiida_deeph.core.packed import PackedFile
@@ -67,26 +46,26 @@ def discover(paths) -> list:
         if not p.exists():
             raise ValueError(f"data path {raw} does not exist")
         if p.is_file():
-            if not _is_packed(p):
+            if not is_packed(p):
                 raise ValueError(f"{raw} is not an aiida-deeph packed HDF5 file")
             with PackedFile(p) as pf:
                 items += [Item("packed", str(p.resolve()), n) for n in pf.names()]
             continue
-        if _is_dock(p):
+        if is_dock(p):
             items.append(Item("dock", str(p.resolve()), p.name))
             continue
-        if _is_openmx(p):
+        if is_openmx_run(p):
             items.append(Item("openmx", str(p.resolve()), p.name))
             continue
         found = 0
         for sub in sorted(p.rglob("*")):
-            if sub.is_dir() and _is_dock(sub):
+            if sub.is_dir() and is_dock(sub):
                 items.append(Item("dock", str(sub.resolve()), sub.name))
                 found += 1
-            elif sub.is_dir() and _is_openmx(sub):
+            elif sub.is_dir() and is_openmx_run(sub):
                 items.append(Item("openmx", str(sub.resolve()), sub.name))
                 found += 1
-            elif sub.is_file() and _is_packed(sub):
+            elif sub.is_file() and is_packed(sub):
                 with PackedFile(sub) as pf:
                     items += [Item("packed", str(sub.resolve()), n) for n in pf.names()]
                 found += 1
