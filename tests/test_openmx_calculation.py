@@ -80,3 +80,16 @@ def test_position_matrix_setting_stores_openmx_olppo(openmx_code):
     assert ham.base.attributes.get("has_position_matrix") is True
     ref = load_openmx_run(corpus_dir() / "mp-1550", load_position_matrix=True)
     assert np.array_equal(ham.get_packed(load=("position_matrix",)).position_matrix, ref.position_matrix)
+
+
+def test_unknown_protocol_override_keys_are_refused(openmx_code):
+    from aiida_deeph.workflows.openmx_base import OpenmxBaseWorkChain
+
+    structure = corpus_structure("mp-22862")
+    with pytest.raises(ValueError, match="unknown protocol override key.*'kpoint_spacing'.*parameters"):
+        OpenmxCalculation.get_builder_from_protocol(openmx_code, structure, overrides={"kpoint_spacing": 0.2})
+    with pytest.raises(ValueError, match="unknown override key.*'maxiterations'"):
+        OpenmxBaseWorkChain.get_builder_from_protocol(openmx_code, structure, overrides={"maxiterations": 2})
+    builder = OpenmxBaseWorkChain.get_builder_from_protocol(
+        openmx_code, structure, overrides={"max_iterations": 2, "openmx": {"kpoints_spacing": 0.5}})
+    assert builder.max_iterations.value == 2

@@ -368,6 +368,9 @@ def list_protocols() -> list:
     return list(_load_protocol_file()["protocols"])
 
 
+PROTOCOL_OVERRIDE_KEYS = ("parameters", "kpoints_spacing", "kpoints_max", "basis_table", "metadata", "description")
+
+
 def load_protocol(name: str | None = None, overrides: dict | None = None) -> dict:
     """Protocol ``name`` (default: the file's default, ``moderate``) merged with ``overrides``.
 
@@ -393,5 +396,9 @@ def load_protocol(name: str | None = None, overrides: dict | None = None) -> dic
     proto = resolve(name)
     proto["name"] = name
     if overrides:
+        unknown = sorted(set(overrides) - set(PROTOCOL_OVERRIDE_KEYS))
+        if unknown:
+            raise OpenmxInputError(f"unknown protocol override key(s) {', '.join(map(repr, unknown))}; allowed: "
+                                   f"{', '.join(PROTOCOL_OVERRIDE_KEYS)} (OpenMX keywords go under 'parameters')")
         proto = recursive_merge(proto, overrides)
     return proto

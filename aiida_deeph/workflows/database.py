@@ -74,6 +74,16 @@ def store_candidate(candidate, query: dict, database_version) -> orm.StructureDa
     return structure
 
 
+def _validate_overrides(value, _):
+    if value is None:
+        return None
+    unknown = sorted(set(value.get_dict()) - {"openmx", "max_iterations", "clean_workdir"})
+    if unknown:
+        return (f"unknown override key(s) {', '.join(map(repr, unknown))}; allowed: 'openmx' (protocol overrides of "
+                "the calculation), 'max_iterations', 'clean_workdir'")
+    return None
+
+
 class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
     """Build (or extend) a Group of DFT HamiltonianData from a structure source."""
 
@@ -95,7 +105,7 @@ class DatabaseWorkChain(AttachedOutputsMixin, WorkChain):
                    help="Reduce cells to the primitive cell (default) or keep them as given.")
         spec.input("include_gnome", valid_type=orm.Bool, default=lambda: orm.Bool(False))
         spec.input("protocol", valid_type=orm.Str, default=lambda: orm.Str("moderate"))
-        spec.input("overrides", valid_type=orm.Dict, required=False,
+        spec.input("overrides", valid_type=orm.Dict, required=False, validator=_validate_overrides,
                    help="Protocol overrides for OpenmxBaseWorkChain ({'openmx': {'parameters': {...}}, ...}).")
         spec.input("options", valid_type=orm.Dict, required=False,
                    help="metadata.options of every OpenmxCalculation (resources, max_wallclock_seconds, ...).")

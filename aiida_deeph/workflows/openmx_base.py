@@ -82,6 +82,11 @@ class OpenmxBaseWorkChain(AttachedOutputsMixin, BaseRestartWorkChain):
         """Builder with the OpenMX protocol ``protocol``; ``overrides`` may hold ``openmx`` (merged into the
         calculation's protocol overrides) and ``max_iterations``/``clean_workdir``."""
         overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - {"openmx", "max_iterations", "clean_workdir"})
+        if unknown:
+            raise ValueError(f"unknown override key(s) {', '.join(map(repr, unknown))} of OpenmxBaseWorkChain; "
+                             "allowed: 'openmx' (the calculation's protocol overrides: parameters, kpoints_spacing, "
+                             "...), 'max_iterations', 'clean_workdir'")
         calc = OpenmxCalculation.get_builder_from_protocol(code, structure, protocol, overrides.get("openmx"), **kwargs)
         builder = cls.get_builder()
         builder.openmx = calc._inputs(prune=True)
