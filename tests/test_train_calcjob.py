@@ -295,6 +295,26 @@ def test_train_through_slurm(slurm_computer, hamiltonians, tmp_path):
 
 
 @pytest.mark.slurm
+def test_train_two_torchrun_agents_through_slurm(slurm_computer, hamiltonians, tmp_path):
+    """More than one node: 2 Slurm tasks -> `aiida-deeph train --nnodes 2` -> srun starts 2 torchrun agents that
+    meet at a c10d rendezvous (gloo, CPU; both tasks on the local node, as two nodes' agents would)."""
+    from aiida.engine import run_get_node
+
+    from aiida_deeph.workflows.staging import stage_dataset
+
+    remote = stage_dataset(hamiltonians, slurm_computer, str(tmp_path / "staged-2agents"))
+    builder = _builder(_code(slurm_computer), dataset=remote, wall=600)
+    builder.metadata.options.resources = {"num_machines": 1, "num_mpiprocs_per_machine": 2}
+    results, node = run_get_node(builder)
+    _check_finished(node, results, epochs=2)
+    script = (Path(node.get_remote_workdir()) / "_aiidasubmit.sh").read_text()
+    assert "'--nnodes' '2'" in script
+    out = node.outputs.retrieved.base.repository.get_object_content("train.log")
+    assert "launching: srun --ntasks 2" in out and "--rdzv_backend c10d" in out
+    assert "world 2" in out, out[-2000:]
+
+
+@pytest.mark.slurm
 @pytest.mark.slow
 def test_slurm_walltime_kill_resumes(slurm_computer, hamiltonians, tmp_path):
     """Slurm kills the job at its 1-minute limit (no time budget: settings max_minutes 0): exit 400 from the

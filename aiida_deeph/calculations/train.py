@@ -134,6 +134,10 @@ class DeepHTrainCalculation(CalcJob):
         builder.metadata.options.max_wallclock_seconds = 24 * 3600
         builder.settings = orm.Dict({'num_processes': 4})
 
+    **More than one node**: ``resources = {'num_machines': M, 'num_mpiprocs_per_machine': 1}`` gives
+    ``aiida-deeph train --nnodes M``, which starts one torchrun agent per Slurm task with ``srun`` (c10d
+    rendezvous on the first host of the allocation), each with ``num_processes`` processes: M x N in all.
+
     One Slurm task per node; ``num_processes`` N > 1 makes ``aiida-deeph train --nproc-per-node N``
     re-launch itself under ``python -m torch.distributed.run --standalone --nproc_per_node N`` (one
     process per GPU, DistributedDataParallel; N must equal the GPUs of ``--gres``). The training gets a
@@ -251,6 +255,10 @@ class DeepHTrainCalculation(CalcJob):
             params += ["--max-epochs-per-run", str(int(settings["max_epochs_per_job"]))]
         if int(settings.get("num_processes", 1)) > 1:
             params += ["--nproc-per-node", str(int(settings["num_processes"]))]
+        resources = self.inputs.metadata.options.resources
+        agents = int(resources.get("num_machines", 1)) * int(resources.get("num_mpiprocs_per_machine", 1) or 1)
+        if agents > 1:
+            params += ["--nnodes", str(agents)]
         if settings.get("device"):
             params += ["--device", str(settings["device"])]
         if settings.get("workers") is not None:

@@ -4,7 +4,9 @@ Exit codes: 0 the run stopped cleanly (schedule ended, or the time / epoch budge
 ``MODEL_DIR/status.json``, ``completed`` and ``resumable``), 1 bad input (missing or empty data, bad
 config), 3 NaN/Inf loss (``stop_reason`` ``nan``), 4 out of (GPU) memory (``stop_reason`` ``oom``).
 ``--nproc-per-node N`` (N > 1) re-launches the command under ``python -m torch.distributed.run
---standalone --nproc_per_node N`` (one process per GPU, DistributedDataParallel).
+--standalone --nproc_per_node N`` (one process per GPU, DistributedDataParallel). ``--nnodes M`` (M > 1,
+inside a Slurm allocation) launches M torchrun agents with ``srun`` (one per Slurm task, normally one per
+node), which meet at a c10d rendezvous on the allocation's first host; each starts N processes.
 """
 from __future__ import annotations
 
@@ -42,6 +44,9 @@ def register(subparsers) -> None:
                    help="stop cleanly (resumable, like a time budget) after K epochs of this invocation")
     p.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                    help="N > 1: run N processes (one per GPU) under torch.distributed.run --standalone")
+    p.add_argument("--nnodes", type=int, default=1, metavar="M",
+                   help="M > 1: M torchrun agents across the Slurm allocation (srun, c10d rendezvous), "
+                        "N = --nproc-per-node processes each")
     p.add_argument("--no-test", action="store_true", help="skip the test-split evaluation at the end")
     p.set_defaults(func=run)
 
@@ -59,13 +64,54 @@ def _launch_distributed(args) -> int:
              if on]
     if getattr(args, "traceback", False):
         argv.insert(0, "--traceback")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           str(args.nproc_per_node), "-m", "aiida_deeph.cli.main"] + argv
+    if args.nnodes > 1:
+        cmd = _srun_prefix(args.nnodes) + [sys.executable, "-m", "torch.distributed.run", *_rendezvous(args.nnodes),
+                                           "--nproc_per_node", str(args.nproc_per_node), "-m",
+                                           "aiida_deeph.cli.main"] + argv
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               str(args.nproc_per_node), "-m", "aiida_deeph.cli.main"] + argv
     print("launching: " + " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, check=False)
     status = _read_status(Path(args.output))
     code = {"nan": EXIT_NAN, "oom": EXIT_OOM}.get(status.get("stop_reason"))
     return code if code is not None and proc.returncode != 0 else proc.returncode
+
+
+def _slurm_hosts() -> list:
+    """The host names of the Slurm allocation (``scontrol show hostnames $SLURM_JOB_NODELIST``)."""
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if nodelist:
+        try:
+            out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                                 timeout=30, check=True).stdout.split()
+            if out:
+                return out
+        except (OSError, subprocess.SubprocessError):
+            pass
+    import socket
+
+    return [os.environ.get("SLURMD_NODENAME") or socket.gethostname()]
+
+
+def _srun_prefix(nnodes: int) -> list:
+    """``srun`` starting one torchrun agent per task: ``nnodes`` tasks spread over the allocation's nodes."""
+    from aiida_deeph.cli.main import CliError
+
+    if not os.environ.get("SLURM_JOB_ID"):
+        raise CliError(f"--nnodes {nnodes} needs a Slurm allocation (run it inside sbatch/salloc; the "
+                       "DeepHTrainCalculation does this with num_machines > 1)")
+    nodes = max(1, int(os.environ.get("SLURM_JOB_NUM_NODES", "1") or 1))
+    per_node = -(-nnodes // nodes)
+    return ["srun", "--ntasks", str(nnodes), "--ntasks-per-node", str(per_node), "--kill-on-bad-exit=1"]
+
+
+def _rendezvous(nnodes: int) -> list:
+    """torchrun's c10d rendezvous on the allocation's first host, keyed by the Slurm job."""
+    job = os.environ.get("SLURM_JOB_ID", "0")
+    port = 29400 + int(job) % 500 if job.isdigit() else 29400
+    return ["--nnodes", str(nnodes), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"{_slurm_hosts()[0]}:{port}",
+            "--rdzv_id", f"aiida-deeph-{job}"]
 
 
 def _read_status(out: Path) -> dict:
@@ -76,7 +122,7 @@ def _read_status(out: Path) -> dict:
 
 
 def run(args) -> int:
-    if args.nproc_per_node > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if (args.nproc_per_node > 1 or args.nnodes > 1) and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return _launch_distributed(args)
     from aiida_deeph.cli.main import CliError
     from aiida_deeph.ml.model import ModelConfig

@@ -16,49 +16,11 @@ import scipy.linalg as sla
 
 from aiida_deeph.core.packed import PackedHamiltonian, bra_position_overlap
 
+
 # ---------------------------------------------------------------------- BLAS threads
-_BLAS_SYMBOLS = (
-    ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-    ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
-    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
-    ("openblas_set_num_threads", "openblas_get_num_threads"),
-)
-_blas_handles = None
-
-
-def _openblas_handles() -> list:
-    """(set, get) functions of every OpenBLAS loaded in this process (numpy's and scipy's own copies)."""
-    global _blas_handles
-    if _blas_handles is not None:
-        return _blas_handles
-    import ctypes
-
-    handles, seen = [], set()
-    try:
-        with open("/proc/self/maps", encoding="utf8") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
-    except OSError:
-        paths = set()
-    for path in sorted(paths):
-        if path in seen:
-            continue
-        seen.add(path)
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for set_name, get_name in _BLAS_SYMBOLS:
-            if hasattr(lib, set_name) and hasattr(lib, get_name):
-                setter, getter = getattr(lib, set_name), getattr(lib, get_name)
-                setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
-                handles.append((setter, getter))
-                break
-    _blas_handles = handles
-    return handles
-
-
 class blas_threads:
-    """Context manager limiting OpenBLAS threads (best effort; threadpoolctl when installed).
+    """Context manager limiting the BLAS threads of every BLAS in the process (threadpoolctl: numpy's and
+    scipy's own OpenBLAS copies alike); ``None``: no limit.
 
     Small generalized eigenproblems run ~100x slower with contending BLAS threads, and threads over
     k-points already use the cores, so the band solvers run BLAS single-threaded for them.
@@ -66,33 +28,19 @@ class blas_threads:
 
     def __init__(self, n: int | None):
         self.n = n
-        self._restore: list = []
         self._ctl = None
 
     def __enter__(self):
-        if self.n is None:
-            return self
-        try:
+        if self.n is not None:
             from threadpoolctl import threadpool_limits
 
             self._ctl = threadpool_limits(limits=int(self.n), user_api="blas")
-            return self
-        except ImportError:
-            pass
-        for setter, getter in _openblas_handles():
-            try:
-                self._restore.append((setter, int(getter())))
-                setter(int(self.n))
-            except Exception:  # pragma: no cover - never fail a band calculation over this
-                pass
         return self
 
     def __exit__(self, *exc):
         if self._ctl is not None:
             self._ctl.restore_original_limits()
-        for setter, old in self._restore:
-            setter(old)
-        self._restore = []
+            self._ctl = None
 
 
 def _blas_limit(num_orbitals: int, threads: int) -> int | None:
