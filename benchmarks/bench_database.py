@@ -101,7 +101,7 @@ def main():
     from aiida.engine import run_get_node
     from pymatgen.core import Structure
 
-    from aiida_deeph.testing.replay import write_replay_executable
+    from aiida_deeph.replay.standin import write_replay_executable
     from aiida_deeph.workflows.database import DatabaseWorkChain
 
     computer = orm.Computer(label="localhost", hostname="localhost", transport_type="core.local",

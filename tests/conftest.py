@@ -49,7 +49,7 @@ pytest_plugins = ["aiida.tools.pytest_fixtures"]
 @pytest.fixture(scope="session")
 def replay_executable(tmp_path_factory):
     """A stand-in `openmx` that replays the recorded runs of ../shared (corpus and failures)."""
-    from aiida_deeph.testing.replay import write_replay_executable
+    from aiida_deeph.replay.standin import write_replay_executable
 
     path = tmp_path_factory.mktemp("replay") / "openmx"
     return write_replay_executable(path, [corpus_dir(), shared_dir() / "openmx-failures"])

@@ -41,7 +41,7 @@ def main(corpus: str, ids: list) -> None:
     from pymatgen.core import Structure
 
     from aiida_deeph.calculations.openmx import OpenmxCalculation
-    from aiida_deeph.testing.replay import write_replay_executable
+    from aiida_deeph.replay.standin import write_replay_executable
     from aiida_deeph.workflows.database import DatabaseWorkChain
 
     computer = orm.Computer(label="localhost", hostname="localhost", transport_type="core.local",

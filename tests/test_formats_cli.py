@@ -166,7 +166,7 @@ def test_packed_file_checks(tmp_path):
 PURE = ["aiida_deeph.core.packed", "aiida_deeph.io.scfout", "aiida_deeph.io.openmx", "aiida_deeph.io.dock",
         "aiida_deeph.io.openmx_input", "aiida_deeph.io.openmx_out", "aiida_deeph.io.openmx_band",
         "aiida_deeph.physics.bands", "aiida_deeph.core.basis", "aiida_deeph.cli.main",
-        "aiida_deeph.testing.replay", "aiida_deeph.overlap", "aiida_deeph.ml"]
+        "aiida_deeph.replay.standin", "aiida_deeph.overlap", "aiida_deeph.ml"]
 
 
 def test_pure_core_never_imports_aiida():

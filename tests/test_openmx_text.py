@@ -26,7 +26,7 @@ from aiida_deeph.io.openmx_input import (
     write_input_from_protocol,
 )
 from aiida_deeph.io.openmx_out import OpenmxOutputError, parse_out, parse_out_eigenvalues, parse_stdout
-from aiida_deeph.testing.replay import (
+from aiida_deeph.replay.standin import (
     ENV_VAR,
     ReplayError,
     build_index,
@@ -455,7 +455,7 @@ def test_replay_executable_end_to_end(tmp_path):
 
 def test_replay_module_cli_errors(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
-    proc = subprocess.run([sys.executable, "-m", "aiida_deeph.testing.replay", "x.dat"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "aiida_deeph.replay.standin", "x.dat"], cwd=tmp_path,
                           capture_output=True, env=env, timeout=120)
     assert proc.returncode == 1 and ENV_VAR in proc.stderr.decode()
     with pytest.raises(ReplayError, match="does not exist"):

@@ -15,8 +15,8 @@ from aiida.engine import run_get_node
 
 from aiida_deeph.calculations.openmx import OpenmxCalculation
 from aiida_deeph.cli.setup import shipped_recordings
-from aiida_deeph.testing.record import input_for, recording_structures
-from aiida_deeph.testing.replay import canonical_physics, physics_key
+from aiida_deeph.replay.record import input_for, recording_structures
+from aiida_deeph.replay.standin import canonical_physics, physics_key
 
 RECORDINGS = sorted(recording_structures(shipped_recordings()).items())
 
@@ -45,7 +45,7 @@ def test_calcjob_input_equals_the_recording(name, openmx_code, tmp_path, monkeyp
 
 @pytest.mark.parametrize("name", [n for n, _ in RECORDINGS])
 def test_recorder_writes_what_the_calcjob_writes(name):
-    """The recorder's input (aiida_deeph.testing.record.input_for) has the recorded physics too."""
+    """The recorder's input (aiida_deeph.replay.record.input_for) has the recorded physics too."""
     structure, meta = dict(RECORDINGS)[name]
     recorded = (shipped_recordings() / name / "openmx.dat").read_text()
     assert physics_key(input_for(structure, protocol=meta.get("protocol", "moderate"))) == physics_key(recorded)

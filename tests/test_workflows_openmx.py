@@ -202,7 +202,7 @@ def test_database_window_refills_as_each_run_ends(openmx_code, monkeypatch, tmp_
     has been submitted. With a rolling window the third starts as soon as the second (fast) run ends, which
     releases the first; with batches it would wait for the held run, which ends only after the hold's timeout.
     """
-    from aiida_deeph.testing.replay import HOLD_VAR
+    from aiida_deeph.replay.standin import HOLD_VAR
 
     ids = ["mp-10044", "mp-632172", "mp-684609", "mp-79"]   # launched in this order (2 sites each, then by id)
     sentinel = tmp_path / "third-submitted"

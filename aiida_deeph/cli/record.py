@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from aiida_deeph.io.openmx_install import locate_openmx
-    from aiida_deeph.testing.record import RecordError, record_structures, recording_structures
+    from aiida_deeph.replay.record import RecordError, record_structures, recording_structures
 
     install, why = locate_openmx()
     if install is None:

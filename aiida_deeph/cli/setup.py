@@ -157,7 +157,7 @@ def setup_replay_code(label: str = "openmx-replay", computer: str = "localhost",
     from aiida.manage.configuration import get_config
 
     from aiida_deeph.calculations.openmx import DATA_PATH_EXTRA
-    from aiida_deeph.testing.replay import write_replay_executable
+    from aiida_deeph.replay.standin import write_replay_executable
 
     try:
         comp = orm.load_computer(computer)

@@ -2,7 +2,7 @@
 
 ``packed`` (the one internal Hamiltonian format), ``basis`` (PAO basis names and basis tables),
 ``constants`` (units), ``elements`` (symbols, atomic numbers, formulas) and ``lattice`` (reciprocal
-cells and Monkhorst-Pack k-grids). The layers above: io -> physics -> overlap -> ml -> analysis ->
-data -> calculations -> parsers -> workflows -> cli / cmdline (the import-linter contract in
-pyproject.toml, checked by scripts/test.sh).
+cells and Monkhorst-Pack k-grids). The layers above: structures -> io -> physics -> overlap -> ml ->
+replay -> testing -> analysis -> data -> engine -> calculations -> parsers -> workflows -> cli / cmdline
+(the import-linter contract in pyproject.toml, checked by scripts/test.sh).
 """

@@ -374,12 +374,9 @@ def filter_records(
 
 
 def _z(symbol: str) -> int:
-    try:
-        from pymatgen.core import Element
+    from aiida_deeph.core.elements import ATOMIC_NUMBERS
 
-        return Element(symbol).Z
-    except Exception:  # noqa: BLE001
-        return 999
+    return ATOMIC_NUMBERS.get(symbol, 999)
 
 
 # ---------------------------------------------------------------------------------------- snapshot

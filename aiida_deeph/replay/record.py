@@ -1,4 +1,4 @@
-"""Record real OpenMX 3.9 runs for the replay stand-in (:mod:`aiida_deeph.testing.replay`).
+"""Record real OpenMX 3.9 runs for the replay stand-in (:mod:`aiida_deeph.replay.standin`).
 
 A recording is a folder ``NAME/`` with ``openmx.dat`` (the input exactly as today's input writer
 makes it for the protocol), ``openmx.out.xz``, ``openmx.std.xz``, ``openmx.scfout.xz``, ``openmx.Band``
