@@ -1,7 +1,7 @@
 """Benchmark of the band solvers on supercells (not a test).
 
 Corpus cells (OpenMX H and S from ``../shared/openmx-corpus``) are tiled exactly into supercells of
-50-150 atoms (:func:`aiida_deeph.physics.bands.supercell`), then timed per k-point:
+50-150 atoms (:func:`aiida_deeph.physics.supercell.supercell`), then timed per k-point:
 
 - ``dense``: all bands, the generalized Hermitian eigenproblem per k (LAPACK zhegvd), threaded over
   k-points (BLAS single-threaded inside each thread);
@@ -42,7 +42,8 @@ def corpus_dir() -> Path:
 
 def run_case(spec: str, nk: int, num_bands: int, threads: int) -> dict:
     from aiida_deeph.io.openmx import load_openmx_run
-    from aiida_deeph.physics.bands import SparseK, band_energies, band_energies_window, blas_threads, supercell
+    from aiida_deeph.physics.bands import SparseK, band_energies, band_energies_window, blas_threads
+    from aiida_deeph.physics.supercell import supercell
 
     mp_id, rep = spec.split(":")
     reps = tuple(int(x) for x in rep.lower().split("x"))

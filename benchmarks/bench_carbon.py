@@ -91,7 +91,7 @@ def bands_json(folder: Path, kfile: Path, out: Path) -> dict:
 def evaluate(model_dir: Path, test: list, work: Path, window: float = 3.0) -> dict:
     from aiida_deeph.io.dock import read_dock, write_dock
     from aiida_deeph.ml.predict import predict_dock_folders
-    from aiida_deeph.physics.bands import band_gap
+    from aiida_deeph.physics.fermi import band_gap
 
     work.mkdir(parents=True, exist_ok=True)
     kfile = work / "mesh444.txt"

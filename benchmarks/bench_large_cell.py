@@ -3,7 +3,7 @@
     python benchmarks/bench_large_cell.py [--id mp-2534] [--repeats 3 5 5] [--preset paper] [--threads N]
                                           [--steps 2] [--mode both|train|predict] [--checkpointing]
 
-The cell is a corpus run tiled onto a supercell with ``physics.bands.supercell``: exact, so its H is a
+The cell is a corpus run tiled onto a supercell with ``physics.supercell.supercell``: exact, so its H is a
 real DFT target (GaAs mp-2534 x 3x5x5: 150 atoms). Each mode runs in a fresh subprocess, so its peak RSS
 (``ru_maxrss``) is its own: ``train`` = graph preparation + forward + loss + backward + AdamW step (the first
 step is a warm-up, then ``--steps`` timed), ``predict`` = graph preparation + forward under ``no_grad``.
@@ -36,7 +36,7 @@ def run_mode(args) -> dict:
     from aiida_deeph.ml.loss import gauge_loss
     from aiida_deeph.ml.model import DeepH2, ModelConfig, basis_metadata, collate_graphs, prepare_graph
     from aiida_deeph.ml.train import TrainConfig, make_optimizer
-    from aiida_deeph.physics.bands import supercell
+    from aiida_deeph.physics.supercell import supercell
 
     prim = scfout_to_packed(read_scfout(find_run_files(Path(args.corpus) / args.id)["scfout"]))
     ham = supercell(prim, args.repeats)

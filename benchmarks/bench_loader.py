@@ -5,7 +5,7 @@
 
 1. Generation (skipped when ``DIR/shards`` already holds the set): ``--num`` cell sizes drawn from the MP
    snapshot's atoms-per-cell distribution (``bench_train.size_mix``), each a corpus cell tiled onto a
-   supercell (``physics.bands.supercell``: exact DFT targets), written ``--shard-size`` per packed file with
+   supercell (``physics.supercell.supercell``: exact DFT targets), written ``--shard-size`` per packed file with
    the one shard writer (``core.packed.write_packed``, streamed: one structure in memory at a time).
 2. Reading, as training reads: ``ml.data.discover`` on the shard folder, ``StructureDataset`` (no cache, so every
    structure comes from disk) and ``make_loader`` with each ``--workers`` count, in the training order (a

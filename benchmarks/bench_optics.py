@@ -54,9 +54,9 @@ def run_openmx(name: str, out: Path, threads: int = 2) -> Path:
 
 def main(argv=None) -> int:
     from aiida_deeph.io.openmx import load_openmx_run
-    from aiida_deeph.physics.bands import supercell
     from aiida_deeph.physics.dos import density_of_states
     from aiida_deeph.physics.optics import susceptibility
+    from aiida_deeph.physics.supercell import supercell
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)

@@ -6,7 +6,7 @@
 
 Structures: the corpus runs given by id (default mp-134 mp-92 mp-1550), or with ``--mix N`` a realistic size
 mix: N cell sizes drawn from the atoms-per-cell distribution of the MP snapshot (``../shared/mp``, 1003
-structures, 1-102 atoms), each built by tiling a corpus cell onto a supercell (``physics.bands.supercell``:
+structures, 1-102 atoms), each built by tiling a corpus cell onto a supercell (``physics.supercell.supercell``:
 exact, so each is a real DFT target). One step = forward + gauge loss + backward + AdamW (the training loop's
 ``make_optimizer``); the first pass over the structures is a warm-up, then ``--steps`` passes are timed.
 
@@ -62,7 +62,7 @@ def balanced_repeats(k: int) -> tuple:
 
 def tiled_structures(hams: list, sizes: list, seed: int = 0) -> list:
     """For each target size, a corpus cell tiled to about that many atoms (never more than needed)."""
-    from aiida_deeph.physics.bands import supercell
+    from aiida_deeph.physics.supercell import supercell
 
     rng = np.random.default_rng(seed)
     out = []

@@ -15,17 +15,10 @@ from aiida_deeph.io.dock import write_dock
 from aiida_deeph.io.openmx import load_openmx_run, read_text
 from aiida_deeph.io.openmx_band import read_band
 from aiida_deeph.io.openmx_out import parse_out_eigenvalues
-from aiida_deeph.physics.bands import (
-    BandsError,
-    band_energies,
-    band_energies_window,
-    band_gap,
-    fermi_level,
-    monkhorst_pack,
-    solve_bands,
-    supercell,
-)
+from aiida_deeph.physics.bands import band_energies, band_energies_window, fermi_level, solve_bands
+from aiida_deeph.physics.fermi import BandsError, band_gap, monkhorst_pack
 from aiida_deeph.physics.kpath import KpathError, auto_kpath, read_kpoints_file, write_kpoints_file
+from aiida_deeph.physics.supercell import supercell
 
 from .conftest import corpus_dir, corpus_ids_with_band
 
@@ -158,7 +151,7 @@ def test_fermi_level_insulators_in_the_gap(mp_id):
 
 def test_fermi_level_wide_gap_is_mid_gap():
     """In a wide gap the bisection's count is flat: the level must be the intrinsic one, not the VBM or CBM."""
-    from aiida_deeph.physics.bands import fermi_from_eigenvalues
+    from aiida_deeph.physics.fermi import fermi_from_eigenvalues
 
     assert fermi_from_eigenvalues(np.array([[-1.0, 1.0]]), [1.0], 2.0) == pytest.approx(0.0, abs=1e-12)
     assert fermi_from_eigenvalues(np.array([[-3.0, 4.0]]), [1.0], 2.0) == pytest.approx(0.5, abs=1e-12)

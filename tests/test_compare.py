@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aiida_deeph.physics.bands import intrinsic_fermi_level
 from aiida_deeph.physics.compare import band_errors, combine_gaps, path_distances, plot_comparison
+from aiida_deeph.physics.fermi import intrinsic_fermi_level
 
 
 def test_band_errors_by_hand():

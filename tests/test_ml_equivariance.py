@@ -141,9 +141,9 @@ def test_hermiticity(ham, model):
 
 def test_supercell_prediction_is_the_tiled_primitive_prediction(ham, model):
     """Locality and translation consistency (issue 13): tiling a DFT H(R) onto a supercell is exact
-    (physics.bands.supercell), so a model's prediction for a 2x1x2 supercell must be its prediction for
+    (physics.supercell.supercell), so a model's prediction for a 2x1x2 supercell must be its prediction for
     the primitive cell, tiled: every block, to float64 precision."""
-    from aiida_deeph.physics.bands import supercell
+    from aiida_deeph.physics.supercell import supercell
 
     reps = (2, 1, 2)
     prim = ham.copy()

@@ -9,9 +9,10 @@ import pytest
 from aiida_deeph.cli.main import main
 from aiida_deeph.io.dock import read_dock, write_dock
 from aiida_deeph.io.openmx import load_openmx_run
-from aiida_deeph.physics.bands import band_energies, supercell
+from aiida_deeph.physics.bands import band_energies
 from aiida_deeph.physics.dos import DosError, density_of_states, integrated
 from aiida_deeph.physics.kspace import KSpaceError, gamma_mesh
+from aiida_deeph.physics.supercell import supercell
 
 from .conftest import corpus_dir
 

@@ -72,7 +72,7 @@ def band_errors(predicted, reference, predicted_fermi: float, reference_fermi: f
 
 
 def combine_gaps(a: dict, b: dict) -> dict:
-    """The band gap over the union of two k-point sets, from two :func:`~aiida_deeph.physics.bands.band_gap`
+    """The band gap over the union of two k-point sets, from two :func:`~aiida_deeph.physics.fermi.band_gap`
     results at the same Fermi level (e.g. the band path and the SCF mesh).
 
     Metal if either is metallic or the number of occupied bands differs; otherwise
