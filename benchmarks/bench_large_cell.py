@@ -33,8 +33,10 @@ def run_mode(args) -> dict:
         torch.set_num_threads(args.threads)
     from aiida_deeph.io.openmx import find_run_files, scfout_to_packed
     from aiida_deeph.io.scfout import read_scfout
+    from aiida_deeph.ml.config import ModelConfig
+    from aiida_deeph.ml.graph import basis_metadata, collate_graphs, prepare_graph
     from aiida_deeph.ml.loss import gauge_loss
-    from aiida_deeph.ml.model import DeepH2, ModelConfig, basis_metadata, collate_graphs, prepare_graph
+    from aiida_deeph.ml.model import DeepH2
     from aiida_deeph.ml.train import TrainConfig, make_optimizer
     from aiida_deeph.physics.supercell import supercell
 

@@ -88,8 +88,9 @@ def generate(shards: Path, num: int, shard_size: int, compression, log=print) ->
 
 def read(shards: Path, workers: int, checkpoints, log=print) -> list:
     from aiida_deeph.core.basis import load_basis_table
+    from aiida_deeph.ml.config import ModelConfig
     from aiida_deeph.ml.data import StructureDataset, discover, make_loader
-    from aiida_deeph.ml.model import BasisMap, ModelConfig
+    from aiida_deeph.ml.graph import BasisMap
 
     items = discover([shards])
     # a config over the corpus table's elements (only its basis map is used: no network is built)

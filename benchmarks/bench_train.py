@@ -120,8 +120,10 @@ def main(argv=None):
         torch.backends.cudnn.allow_tf32 = dtype == "tf32"
     from aiida_deeph.io.openmx import find_run_files, scfout_to_packed
     from aiida_deeph.io.scfout import read_scfout
+    from aiida_deeph.ml.config import ModelConfig
+    from aiida_deeph.ml.graph import basis_metadata, collate_graphs, graph_to, prepare_graph
     from aiida_deeph.ml.loss import gauge_loss
-    from aiida_deeph.ml.model import DeepH2, ModelConfig, basis_metadata, collate_graphs, graph_to, prepare_graph
+    from aiida_deeph.ml.model import DeepH2
     from aiida_deeph.ml.train import TrainConfig, _autocast, make_optimizer
 
     ids = args.ids or (MIX_IDS if args.mix else ["mp-134", "mp-92", "mp-1550"])

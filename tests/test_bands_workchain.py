@@ -25,7 +25,7 @@ OTHER_ID = "mp-23251"   # KBr: elements unknown to the model
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     from aiida_deeph.core.packed import write_packed
-    from aiida_deeph.ml.model import ModelConfig
+    from aiida_deeph.ml.config import ModelConfig
     from aiida_deeph.ml.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("model")

@@ -8,8 +8,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("e3nn")
 
 from aiida_deeph.core.packed import PackedHamiltonian  # noqa: E402
+from aiida_deeph.ml.config import ModelConfig  # noqa: E402
+from aiida_deeph.ml.graph import basis_metadata
 from aiida_deeph.ml.harmonics import atom_wigner_D  # noqa: E402
-from aiida_deeph.ml.model import DeepH2, ModelConfig, basis_metadata  # noqa: E402
+from aiida_deeph.ml.model import DeepH2
 
 from .conftest import load_corpus, random_rotation  # noqa: E402,F401  (shared helpers)
 
@@ -41,7 +43,8 @@ def model(ham, request):
     ols, rc = basis_metadata(ham)
     cfg = ModelConfig.preset("tiny", num_blocks=2, channels=8, **MODEL_VARIANTS[request.param]).with_elements(ols, rc)
     m = DeepH2(cfg).double()
-    from aiida_deeph.ml.model import init_onsite_reference, prepare_graph
+    from aiida_deeph.ml.graph import prepare_graph
+    from aiida_deeph.ml.init import init_onsite_reference
 
     init_onsite_reference(m, [prepare_graph(ham, m.basis)])   # as training starts: on-site blocks at the data
     # make the output heads non-trivial (biases are zero-initialised)
@@ -160,8 +163,8 @@ def test_supercell_prediction_is_the_tiled_primitive_prediction(ham, model):
 def test_activation_checkpointing_gives_the_same_gradients(ham):
     """TrainConfig.activation_checkpointing recomputes the blocks in the backward pass: same loss, same
     gradients (float64), only less memory."""
+    from aiida_deeph.ml.graph import collate_graphs, prepare_graph
     from aiida_deeph.ml.loss import gauge_loss
-    from aiida_deeph.ml.model import collate_graphs, prepare_graph
 
     torch.manual_seed(0)
     ols, rc = basis_metadata(ham)

@@ -7,8 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("e3nn")
 
+from aiida_deeph.ml.config import ModelConfig  # noqa: E402
+from aiida_deeph.ml.graph import BasisMap, basis_metadata, collate_graphs, prepare_graph
 from aiida_deeph.ml.loss import MetricAccumulator, gauge_loss, gauge_residual, gauge_shift  # noqa: E402
-from aiida_deeph.ml.model import BasisMap, ModelConfig, basis_metadata, collate_graphs, prepare_graph  # noqa: E402
 
 from .conftest import load_corpus  # noqa: E402
 

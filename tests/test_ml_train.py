@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("e3nn")
 
 from aiida_deeph.core.packed import write_packed  # noqa: E402
-from aiida_deeph.ml.model import ModelConfig  # noqa: E402
+from aiida_deeph.ml.config import ModelConfig  # noqa: E402
 from aiida_deeph.ml.train import TrainConfig, load_checkpoint, load_model, train  # noqa: E402
 
 from .conftest import load_corpus  # noqa: E402
@@ -181,7 +181,9 @@ def test_ddp_gloo_two_processes(small_set, tmp_path):
 def test_onsite_reference_starts_onsite_blocks_at_the_data():
     """An untrained model with the on-site reference puts NaCl's on-site diagonal (Na 2s at about -50 eV)
     within ~1.5 eV of DFT (the rest: the random heads); without it the blocks start near zero, tens of eV off."""
-    from aiida_deeph.ml.model import DeepH2, init_onsite_reference, prepare_graph
+    from aiida_deeph.ml.graph import prepare_graph
+    from aiida_deeph.ml.init import init_onsite_reference
+    from aiida_deeph.ml.model import DeepH2
 
     ham = load_corpus("mp-22862")
     cfg = ModelConfig.preset("tiny").with_elements(
@@ -244,12 +246,13 @@ def test_cli_train_on_many_dock_folders(tmp_path):
 def test_amp_bf16_trains_with_float32_heads(ca_file, tmp_path):
     """--amp: bf16 autocast of the trunk (CPU autocast here, as on CUDA). index_add_ of a bf16 message into
     the float32 residual stream raised before; the heads and the loss stay float32."""
-    from aiida_deeph.ml.model import DeepH2, collate_graphs, prepare_graph
+    from aiida_deeph.ml.graph import collate_graphs, prepare_graph
+    from aiida_deeph.ml.model import DeepH2
 
     from .conftest import load_corpus
 
     ham = load_corpus("mp-21")
-    from aiida_deeph.ml.model import basis_metadata
+    from aiida_deeph.ml.graph import basis_metadata
 
     cfg = ModelConfig.preset("tiny").with_elements(*basis_metadata(ham))
     torch.manual_seed(0)
@@ -274,7 +277,7 @@ def test_dataset_cache_is_bounded_by_megabytes(small_set):
 
     items = discover([small_set])
     cfg = ModelConfig.preset("tiny").with_elements(*_bases(items))
-    from aiida_deeph.ml.model import BasisMap
+    from aiida_deeph.ml.graph import BasisMap
 
     basis = BasisMap(cfg)
     roomy = StructureDataset(items, basis, cache_mb=1024)

@@ -24,7 +24,7 @@ EVAL = ("mp-1550", "mp-2534", "mp-22862")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from aiida_deeph.core.packed import write_packed
-    from aiida_deeph.ml.model import ModelConfig
+    from aiida_deeph.ml.config import ModelConfig
     from aiida_deeph.ml.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("report")

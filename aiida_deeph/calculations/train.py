@@ -10,8 +10,8 @@ from aiida.engine import CalcJob
 
 from aiida_deeph.data.hamiltonian import HamiltonianData
 from aiida_deeph.data.model import DeepHModelData
+from aiida_deeph.ml.config import PRESETS  # noqa: E402,F401  (torch-free: the presets' one list)
 
-PRESETS = ("paper", "medium", "small", "tiny")   # aiida_deeph.ml.model.PRESETS (no torch import here)
 SETTINGS_KEYS = {
     "num_processes": "processes (one per GPU) started by torch.distributed.run on the node; 1: a plain process",
     "max_minutes": "time budget of one job in minutes (0: none); default from max_wallclock_seconds",
@@ -50,7 +50,7 @@ def _validate_config(config, _):
     try:  # the ML stack may not be installed where AiiDA runs: then the cluster-side CLI checks
         import dataclasses
 
-        from aiida_deeph.ml.model import ModelConfig
+        from aiida_deeph.ml.config import ModelConfig
         from aiida_deeph.ml.train import TrainConfig
     except ImportError:
         return None

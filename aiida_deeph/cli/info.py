@@ -20,7 +20,8 @@ def register(subparsers) -> None:
 def preset_info(preset: str = "small", basis_table: str = "corpus") -> dict:
     from aiida_deeph.core.basis import load_basis_table
     from aiida_deeph.core.constants import BOHR_TO_ANGSTROM
-    from aiida_deeph.ml.model import DeepH2, ModelConfig
+    from aiida_deeph.ml.config import ModelConfig
+    from aiida_deeph.ml.model import DeepH2
     from aiida_deeph.ml.train import TrainConfig
 
     table = load_basis_table(basis_table)

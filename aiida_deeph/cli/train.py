@@ -125,7 +125,7 @@ def run(args) -> int:
     if (args.nproc_per_node > 1 or args.nnodes > 1) and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return _launch_distributed(args)
     from aiida_deeph.cli.main import CliError
-    from aiida_deeph.ml.model import ModelConfig
+    from aiida_deeph.ml.config import ModelConfig
     from aiida_deeph.ml.train import TrainConfig, is_out_of_memory, train, write_status
 
     model_kw, train_kw = {}, {}

@@ -18,7 +18,7 @@ import torch
 
 from aiida_deeph.io.formats import is_dock, is_openmx_run, is_packed
 
-from .model import BasisMap, basis_metadata, collate_graphs, prepare_graph
+from .graph import BasisMap, basis_metadata, collate_graphs, prepare_graph
 
 
 @dataclass(frozen=True)

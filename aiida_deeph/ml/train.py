@@ -40,10 +40,13 @@ import torch
 
 from aiida_deeph.core.files import atomic_path, write_json_atomic, write_text_atomic
 
+from .config import ModelConfig
 from .data import StructureDataset, discover, make_loader, scan_metadata, split_items, write_split
+from .graph import BasisMap, graph_to
 from .harmonics import union_multiplicity
+from .init import grow_state_dict, init_onsite_reference
 from .loss import MetricAccumulator, band_errors, band_loss, gauge_loss, onsite_entry_weights, projected_band_loss
-from .model import BasisMap, DeepH2, ModelConfig, graph_to, grow_state_dict, init_onsite_reference
+from .model import DeepH2
 
 # k-points of the validation band error (a Gamma-centred 2x2x2 mesh): it picks best.pt while a band term trains
 VAL_BAND_KPOINTS = np.array([[a, b, c] for a in (0.0, 0.5) for b in (0.0, 0.5) for c in (0.0, 0.5)])
@@ -123,7 +126,7 @@ class TrainConfig:
 
     @classmethod
     def preset(cls, name: str, **kw) -> TrainConfig:
-        from .model import PRESETS
+        from .config import PRESETS
 
         if name not in PRESETS:
             raise ValueError(f"unknown training preset {name!r} ({', '.join(PRESETS)})")
