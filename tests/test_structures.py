@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from pymatgen.core import Structure
 
-from aiida_deeph.structures import source as src
+from aiida_deeph.structures import mp as src  # the mp-api client (patched below)
+from aiida_deeph.structures.mp import query_mp
 from aiida_deeph.structures.source import (
     ALLOWED_ELEMENTS,
     REJECTION_REASONS,
@@ -24,7 +25,6 @@ from aiida_deeph.structures.source import (
     filter_records,
     load_snapshot,
     mp_id_sort_key,
-    query_mp,
     select_structures,
 )
 

@@ -1,7 +1,7 @@
 """Structure sources: the Materials Project (live, mp-api) or an offline snapshot, and the paper's filter.
 
-Pure core: this module never imports aiida. pymatgen is imported where structures are built and
-mp-api only inside :func:`query_mp` (its import takes 5-10 s).
+Pure core: this module never imports aiida. pymatgen is imported where structures are built; the live
+source is :mod:`aiida_deeph.structures.mp` (mp-api only inside its :func:`query_mp`: 5-10 s to import).
 
 The filter (:func:`filter_records`) follows the DeepH-2 database recipe: light elements only
 (:data:`ALLOWED_ELEMENTS`), at most ``max_sites`` atoms, non-magnetic, fully ordered. Every record
@@ -35,14 +35,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import re
-import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .common import ALLOWED_ELEMENTS, MP_DEFAULT_ENDPOINT, StructureSourceError, _normalise_ids  # noqa: F401
 
 __all__ = [
     "ALLOWED_ELEMENTS",
@@ -55,16 +55,8 @@ __all__ = [
     "filter_records",
     "load_snapshot",
     "mp_id_sort_key",
-    "mp_search_kwargs",
-    "query_mp",
     "select_structures",
 ]
-
-#: The 24 elements of the paper's database (H-Br without transition metals except Cu, Zn; no noble gases).
-ALLOWED_ELEMENTS: tuple[str, ...] = (
-    "H", "Li", "Be", "B", "C", "N", "O", "F", "Na", "Mg", "Al", "Si", "P", "S", "Cl",
-    "K", "Ca", "Cu", "Zn", "Ga", "Ge", "As", "Se", "Br",
-)
 
 #: Every rejection carries exactly one of these reasons.
 REJECTION_REASONS: tuple[str, ...] = ("element", "size", "magnetic", "partial occupancy", "duplicate", "invalid")
@@ -72,24 +64,11 @@ REJECTION_REASONS: tuple[str, ...] = ("element", "size", "magnetic", "partial oc
 #: The small snapshot shipped in the package (regenerate with benchmarks/make_small_snapshot.py).
 SMALL_SNAPSHOT: Path = Path(__file__).resolve().parents[1] / "resources" / "mp_snapshot_small.json.gz"
 
-MP_DEFAULT_ENDPOINT = "https://api.materialsproject.org/"
-
-#: Fields asked from mp-api's summary search (all exist in emmet-core's SummaryDoc).
-MP_FIELDS: tuple[str, ...] = (
-    "material_id", "formula_pretty", "nsites", "elements", "structure", "ordering", "is_magnetic",
-    "total_magnetization", "symmetry", "energy_above_hull", "formation_energy_per_atom", "band_gap",
-    "deprecated",
-)
-
 OFFLINE_MAGNETIC_RULE = (
     "non-magnetic (offline snapshot): ordering NM, or Unknown with no magnetic_risk_flags; "
     "FM/AFM/FiM and flagged Unknown are rejected as magnetic"
 )
 MP_MAGNETIC_RULE = "non-magnetic (mp-api): MP summary ordering NM (queried with magnetic_ordering=Ordering.NM)"
-
-
-class StructureSourceError(ValueError):
-    """A structure source cannot be used (no API key, no network, bad snapshot file...)."""
 
 
 @dataclass
@@ -176,23 +155,6 @@ def mp_id_sort_key(mp_id: str) -> tuple:
         prefix = m.group(1).lower()
         return (0 if prefix == "mp" else 1, prefix, int(m.group(2)), "")
     return (2, "", 0, str(mp_id))
-
-
-def _normalise_ids(ids) -> list[str] | None:
-    if ids is None:
-        return None
-    if isinstance(ids, str):
-        ids = ids.split(",")
-    out = []
-    for i in ids:
-        s = str(i).strip()
-        if not s:
-            continue
-        if s.isdigit():
-            s = f"mp-{s}"
-        if s not in out:
-            out.append(s)
-    return out
 
 
 def _sha256(path: Path) -> str:
@@ -316,7 +278,7 @@ def filter_records(
     limit: int | None = None,
     source: str = "snapshot",
 ) -> SelectionResult:
-    """Apply the paper's filter to record dicts (snapshot format, or :func:`query_mp` output).
+    """Apply the paper's filter to record dicts (snapshot format, or :func:`.mp.query_mp` output).
 
     ``source`` labels the candidates: ``'mp-api'``, ``'snapshot'`` or ``'snapshot:<file>'``; it also
     picks the magnetic rule (anything not ``'mp-api'`` uses the offline rule).
@@ -401,211 +363,6 @@ def load_snapshot(path=None) -> list[dict]:
     return data
 
 
-# ------------------------------------------------------------------------------------------ mp-api
-
-def _api_key(api_key: str | None) -> str:
-    key = api_key or os.environ.get("MP_API_KEY")
-    if not key:
-        try:
-            from pymatgen.core import SETTINGS
-
-            key = SETTINGS.get("PMG_MAPI_KEY")
-        except Exception:  # noqa: BLE001
-            key = None
-    if not key:
-        raise StructureSourceError(
-            "no Materials Project API key: pass api_key or set MP_API_KEY "
-            "(or use the offline snapshot source)")
-    return str(key).strip()
-
-
-def mp_search_kwargs(max_sites: int = 150, elements: Sequence[str] = ALLOWED_ELEMENTS, include_gnome: bool = False,
-                     chunk_size: int = 1000, num_chunks: int | None = None, mp_ids=None) -> dict:
-    """Keyword arguments for ``MPRester().materials.summary.search`` (``magnetic_ordering`` as 'NM').
-
-    mp-api's ``elements`` means "contains all of these", so the element filter is expressed with
-    ``exclude_elements`` = every other element of the periodic table. With explicit ``mp_ids``
-    only ``material_ids`` is sent, and the filter runs locally so that every id gets a reason.
-    """
-    from pymatgen.core import Element
-
-    allowed = set(elements)
-    kwargs: dict[str, Any] = {}
-    ids = _normalise_ids(mp_ids)
-    if ids:
-        kwargs["material_ids"] = ids
-    else:
-        kwargs.update(
-            exclude_elements=[e.symbol for e in Element if e.symbol not in allowed],
-            num_sites=(1, int(max_sites)),
-            magnetic_ordering="NM",
-            deprecated=False,
-        )
-    kwargs.update(include_gnome=bool(include_gnome), chunk_size=int(chunk_size), num_chunks=num_chunks,
-                  fields=list(MP_FIELDS))
-    return kwargs
-
-
-def _one_line(exc: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    text = " ".join(text.split())
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
-
-
-def _mprester_class():
-    from mp_api.client import MPRester
-
-    return MPRester
-
-
-def _open_rester(key: str, timeout: float, endpoint: str | None):
-    """Build MPRester and its summary rester in a daemon thread, waiting at most ``timeout`` s.
-
-    mp-api's constructors call the server's heartbeat with plain ``requests.get`` and no timeout,
-    so a silent network would hang forever; the search requests themselves do carry a timeout.
-    Returns ``(rester, summary_rester)``.
-    """
-    MPRester = _mprester_class()
-    box: dict[str, Any] = {}
-
-    def build():
-        try:
-            kwargs = {"api_key": key, "mute_progress_bars": True}
-            if endpoint:
-                kwargs["endpoint"] = endpoint
-            rester = MPRester(**kwargs)
-            box["summary"] = rester.materials.summary
-            box["rester"] = rester
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            box["error"] = exc
-
-    where = endpoint or MP_DEFAULT_ENDPOINT
-    worker = threading.Thread(target=build, name="aiida-deeph-mprester", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise StructureSourceError(
-            f"the Materials Project API ({where}) did not answer within {timeout:g} s "
-            "(MPRester heartbeat); check the network or use the offline snapshot")
-    if "error" in box:
-        exc = box["error"]
-        if "32 characters" in str(exc) or "API key" in str(exc):
-            raise StructureSourceError(f"invalid Materials Project API key: {_one_line(exc)}") from exc
-        raise StructureSourceError(f"cannot reach the Materials Project API ({where}; offline: use the snapshot "
-                                   f"source): {_one_line(exc)}") from exc
-    return box["rester"], box["summary"]
-
-
-def _set_request_timeout(summary, timeout: float) -> None:
-    """Per-request timeout of the search (mp-api hands out the rester wrapped in a LazyImport)."""
-    target = getattr(summary, "_obj", None) or summary
-    try:
-        if isinstance(getattr(target, "timeout", None), (int, float)):
-            target.timeout = timeout
-    except (AttributeError, TypeError):
-        pass
-
-
-def _get(doc, name, default=None):
-    if isinstance(doc, dict):
-        return doc.get(name, default)
-    return getattr(doc, name, default)
-
-
-def _plain(value):
-    if value is None:
-        return None
-    value = getattr(value, "value", value)  # enums
-    return value
-
-
-def _doc_to_record(doc, db_version: str | None) -> dict:
-    """An mp-api summary document (SummaryDoc or dict) as a snapshot-format record."""
-    structure = _get(doc, "structure")
-    if structure is not None and not isinstance(structure, dict):
-        structure = structure.as_dict()
-    symmetry = _get(doc, "symmetry") or {}
-    sg = _get(symmetry, "number")
-    elements = [str(getattr(e, "symbol", e)) for e in (_get(doc, "elements") or [])]
-    nsites = _get(doc, "nsites")
-    if nsites is None and structure is not None:
-        nsites = len(structure.get("sites", []))
-    ordering = _plain(_get(doc, "ordering"))
-
-    def num(name):
-        v = _get(doc, name)
-        return None if v is None else float(v)
-
-    return {
-        "material_id": str(_get(doc, "material_id")),
-        "formula_pretty": _get(doc, "formula_pretty"),
-        "nsites": None if nsites is None else int(nsites),
-        "elements": elements,
-        "spacegroup_number": None if sg is None else int(sg),
-        "ordering": None if ordering is None else str(ordering),
-        "is_magnetic": _get(doc, "is_magnetic"),
-        "total_magnetization": num("total_magnetization"),
-        "magnetic_risk_flags": [],
-        "formation_energy_per_atom": num("formation_energy_per_atom"),
-        "band_gap": num("band_gap"),
-        "e_above_hull": num("energy_above_hull"),
-        "deprecated": _get(doc, "deprecated"),
-        "source": "mp-api",
-        "database_version": db_version,
-        "structure": structure,
-    }
-
-
-def query_mp(
-    api_key: str | None = None,
-    max_sites: int = 150,
-    elements: Sequence[str] = ALLOWED_ELEMENTS,
-    include_gnome: bool = False,
-    timeout: float = 20,
-    chunk_size: int = 1000,
-    num_chunks: int | None = None,
-    mp_ids=None,
-    endpoint: str | None = None,
-) -> list[dict]:
-    """Records from the live Materials Project summary endpoint (snapshot record format).
-
-    Each record carries ``database_version`` (MPRester's ``db_version`` from the heartbeat).
-    Raises :class:`StructureSourceError` with a one-line message for a missing or invalid key, no
-    network, or a server that does not answer within ``timeout`` seconds.
-    """
-    key = _api_key(api_key)
-    kwargs = mp_search_kwargs(max_sites=max_sites, elements=elements, include_gnome=include_gnome,
-                              chunk_size=chunk_size, num_chunks=num_chunks, mp_ids=mp_ids)
-    if kwargs.get("magnetic_ordering") == "NM":
-        from pymatgen.analysis.magnetism import Ordering
-
-        kwargs["magnetic_ordering"] = Ordering.NM
-    try:
-        rester, summary = _open_rester(key, timeout, endpoint)
-    except ImportError as exc:
-        raise StructureSourceError(f"mp-api is not installed ({exc}); pip install mp-api") from exc
-    db_version = getattr(rester, "db_version", None)
-    try:
-        _set_request_timeout(summary, timeout)
-        docs = summary.search(**kwargs)
-    except StructureSourceError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - MPRestError, requests errors...
-        text = _one_line(exc)
-        if any(s in text for s in ("status code 401", "status code 403", "API key", "api_key", "Unauthorized",
-                                   "Forbidden")):
-            raise StructureSourceError(f"the Materials Project rejected the API key: {text}") from exc
-        raise StructureSourceError(f"Materials Project search failed: {text}") from exc
-    finally:
-        close = getattr(rester, "__exit__", None)
-        if close is not None:
-            try:
-                close(None, None, None)
-            except Exception:  # noqa: BLE001
-                pass
-    return [_doc_to_record(d, db_version) for d in docs]
-
-
 # ------------------------------------------------------------------------------------------ select
 
 def select_structures(
@@ -636,6 +393,8 @@ def select_structures(
             c.database_version = c.database_version or result.database_version
         return result
     if source in ("mp", "mp-api", "materialsproject"):
+        from .mp import mp_search_kwargs, query_mp
+
         records = query_mp(api_key=api_key, max_sites=max_sites, include_gnome=include_gnome, timeout=timeout,
                            mp_ids=ids)
         result = filter_records(records, max_sites=max_sites, primitive=primitive, ids=ids, limit=limit, source="mp-api")
