@@ -18,14 +18,12 @@ from aiida_deeph.io.openmx_input import (
     OpenmxInputError,
     format_input,
     get_keyword,
-    list_protocols,
-    load_protocol,
     parse_input,
-    recursive_merge,
     write_input,
     write_input_from_protocol,
 )
 from aiida_deeph.io.openmx_out import OpenmxOutputError, parse_out, parse_out_eigenvalues, parse_stdout
+from aiida_deeph.io.protocols import ProtocolError, list_protocols, load_protocol, recursive_merge
 from aiida_deeph.replay.standin import (
     ENV_VAR,
     ReplayError,
@@ -217,7 +215,7 @@ def test_protocols():
     assert merged["parameters"]["scf.maxIter"] == "50" and merged["parameters"]["scf.XcType"] == "GGA-PBE"
     assert merged["kpoints_spacing"] == 0.5
     assert load_protocol("moderate")["parameters"]["scf.maxIter"] == "200"  # not mutated
-    with pytest.raises(OpenmxInputError, match="unknown OpenMX protocol 'nope'.*moderate.*precise"):
+    with pytest.raises(ProtocolError, match="unknown OpenMX protocol 'nope'.*moderate.*precise"):
         load_protocol("nope")
     assert recursive_merge({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": 3}, "d": None}) == {
         "a": {"b": 3, "c": 2}, "d": None}

@@ -161,7 +161,7 @@ class OpenmxCalculation(AttachedOutputsMixin, CalcJob):
         ``overlap_only``); ``overrides`` are merged recursively: ``{'parameters': {...},
         'kpoints_spacing': 0.2, 'basis_table': 'corpus', 'metadata': {'options': {...}}}``."""
         from aiida_deeph.core.lattice import kpoint_grid
-        from aiida_deeph.io.openmx_input import load_protocol
+        from aiida_deeph.io.protocols import load_protocol
 
         proto = load_protocol(protocol, overrides)
         builder = cls.get_builder()

@@ -10,10 +10,6 @@ OpenMX compares keywords case-insensitively; use :func:`get_keyword` to look one
 """
 from __future__ import annotations
 
-import copy
-import functools
-from importlib import resources
-
 import numpy as np
 
 from aiida_deeph.core.lattice import LatticeError, kpoint_grid
@@ -27,9 +23,6 @@ __all__ = [
     "write_input",
     "write_input_from_protocol",
     "default_band_kpath",
-    "recursive_merge",
-    "load_protocol",
-    "list_protocols",
     "STRUCTURE_KEYS",
 ]
 
@@ -324,81 +317,10 @@ def write_input_from_protocol(cell, symbols, positions, protocol="moderate", ove
     ``overrides`` are merged into the protocol (``{'parameters': {...}, 'kpoints_spacing': ...}``).
     Extra keyword arguments go to :func:`write_input` (``system_name``, ``data_path``, ``band_kpath``...).
     """
+    from .protocols import load_protocol, recursive_merge
+
     proto = load_protocol(protocol, overrides) if isinstance(protocol, str) else recursive_merge(protocol, overrides or {})
     kwargs.setdefault("basis_table", proto.get("basis_table", "corpus"))
     kwargs.setdefault("kpoints_spacing", proto.get("kpoints_spacing"))
     kwargs.setdefault("kpoints_max", proto.get("kpoints_max", 8))
     return write_input(cell, symbols, positions, proto.get("parameters", {}), **kwargs)
-
-
-# ----------------------------------------------------------------------------------------------
-# protocols
-# ----------------------------------------------------------------------------------------------
-def recursive_merge(a: dict, b: dict) -> dict:
-    """Deep copy of ``a`` updated with ``b``: nested dicts merge, other values (incl. None) replace."""
-    out = copy.deepcopy(a) if a is not None else {}
-    for key, value in (b or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = recursive_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _load_protocol_file() -> dict:
-    """The parsed protocol file (a fresh deep copy: callers may change it)."""
-    return copy.deepcopy(_parsed_protocol_file())
-
-
-@functools.lru_cache(maxsize=1)
-def _parsed_protocol_file() -> dict:
-    text = resources.files("aiida_deeph.resources").joinpath("protocols").joinpath("openmx.yaml").read_text("utf8")
-    try:
-        import yaml
-    except ImportError:  # pragma: no cover
-        raise OpenmxInputError("reading protocols needs PyYAML (pip install pyyaml)") from None
-    data = yaml.safe_load(text)
-    if not isinstance(data, dict) or "protocols" not in data:
-        raise OpenmxInputError("protocols/openmx.yaml has no top-level 'protocols' mapping")
-    return data
-
-
-def list_protocols() -> list:
-    """Names of the OpenMX protocols."""
-    return list(_load_protocol_file()["protocols"])
-
-
-PROTOCOL_OVERRIDE_KEYS = ("parameters", "kpoints_spacing", "kpoints_max", "basis_table", "metadata", "description")
-
-
-def load_protocol(name: str | None = None, overrides: dict | None = None) -> dict:
-    """Protocol ``name`` (default: the file's default, ``moderate``) merged with ``overrides``.
-
-    Returns a dict with ``description``, ``basis_table``, ``kpoints_spacing`` (1/A, 2*pi incl.),
-    ``kpoints_max`` and ``parameters`` (OpenMX keyword -> value, ready for :func:`write_input`).
-    A protocol may say ``inherits: <other>``; its own settings are merged over the other's.
-    """
-    data = _load_protocol_file()
-    protocols = data["protocols"]
-    name = name or data.get("default_protocol", "moderate")
-    if name not in protocols:
-        raise OpenmxInputError(f"unknown OpenMX protocol {name!r}; known protocols: {', '.join(protocols)}")
-
-    def resolve(n, chain=()):
-        if n in chain:
-            raise OpenmxInputError(f"protocol inheritance loop: {' -> '.join(chain + (n,))}")
-        if n not in protocols:
-            raise OpenmxInputError(f"protocol {chain[-1]!r} inherits unknown protocol {n!r}")
-        p = dict(protocols[n])
-        parent = p.pop("inherits", None)
-        return recursive_merge(resolve(parent, chain + (n,)), p) if parent else p
-
-    proto = resolve(name)
-    proto["name"] = name
-    if overrides:
-        unknown = sorted(set(overrides) - set(PROTOCOL_OVERRIDE_KEYS))
-        if unknown:
-            raise OpenmxInputError(f"unknown protocol override key(s) {', '.join(map(repr, unknown))}; allowed: "
-                                   f"{', '.join(PROTOCOL_OVERRIDE_KEYS)} (OpenMX keywords go under 'parameters')")
-        proto = recursive_merge(proto, overrides)
-    return proto

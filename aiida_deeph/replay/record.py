@@ -19,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from aiida_deeph.io.openmx_input import get_keyword, recursive_merge, write_input_from_protocol
+from aiida_deeph.io.openmx_input import get_keyword, write_input_from_protocol
 from aiida_deeph.io.openmx_install import OpenmxInstall
+from aiida_deeph.io.protocols import recursive_merge
 
 __all__ = ["RecordError", "record_run", "record_structures", "recording_structures", "input_for"]
 

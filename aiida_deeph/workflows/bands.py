@@ -66,7 +66,7 @@ def fractional_kpoints(kpoints: orm.KpointsData, cell) -> np.ndarray:
 def band_parameters(protocol: str, temperature: float, basis: dict | None = None) -> dict:
     """``compute_bands`` parameters of an OpenMX protocol (basis table, SCF k-spacing of the Fermi level) at
     ``temperature`` (K); a custom ``basis`` ({'name', 'elements': {el: {.., 'valence'}}}) gives the valence."""
-    from aiida_deeph.io.openmx_input import load_protocol
+    from aiida_deeph.io.protocols import load_protocol
 
     proto = load_protocol(protocol)
     params = {
