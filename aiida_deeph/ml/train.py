@@ -402,6 +402,56 @@ def make_optimizer(model, tc: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
 
 
+def _new_model_config(meta_scan: dict, model_config, preset: str, parent, log) -> tuple:
+    """(ModelConfig of a new run, the parent's config or None): the data's elements and pair range on the
+    preset (or ``model_config``), or on the parent's config when fine-tuning (its output basis kept)."""
+    if parent:
+        parent_cfg = ModelConfig.from_dict(json.loads((Path(parent) / "config.json").read_text()))
+        model_cfg = parent_cfg.with_elements(meta_scan["orbital_ls"], meta_scan["cutoff_radius"])
+        model_cfg.super_multiplicity = list(parent_cfg.multiplicity)
+        try:
+            BasisMap(model_cfg)
+        except ValueError as exc:
+            raise ValueError(f"fine-tuning: a new element's basis does not fit the parent's output basis "
+                             f"{tuple(parent_cfg.multiplicity)} ({exc})") from None
+        model_cfg.max_pair_distance = max(parent_cfg.max_pair_distance, meta_scan["max_pair_distance"])
+        if model_cfg.gaussian_range > parent_cfg.gaussian_range + 1e-9:
+            model_cfg.max_pair_distance = parent_cfg.gaussian_range - 0.5   # keep the parent's smearing grid
+            log(f"warning: fine-tuning data has pairs up to {meta_scan['max_pair_distance']:.2f} A; "
+                f"the parent's Gaussian range ({parent_cfg.gaussian_range:.2f} A) is kept")
+        return model_cfg, parent_cfg
+    base = model_config or ModelConfig.preset(preset)
+    model_cfg = base.with_elements(meta_scan["orbital_ls"], meta_scan["cutoff_radius"])
+    if not model_cfg.super_multiplicity:
+        # at least s3p2d2 (the largest basis of the corpus table): models stay fine-tunable
+        mult = list(union_multiplicity(model_cfg.orbital_ls))
+        mult += [0] * (3 - len(mult))
+        model_cfg.super_multiplicity = [max(a, b) for a, b in zip(mult, (3, 2, 2))] + mult[3:]
+    model_cfg.max_pair_distance = max(model_cfg.max_pair_distance, meta_scan["max_pair_distance"])
+    if model_config is None or model_config.output_scale == 1.0:
+        model_cfg.output_scale = float(meta_scan.get("h_rms", 1.0))
+    return model_cfg, None
+
+
+def _start_from(model: DeepH2, tc: TrainConfig, split: dict, parent, parent_cfg, is_main: bool, log) -> None:
+    """The starting weights of a new run: the parent's (grown for new elements) when fine-tuning, and the
+    on-site reference blocks from the training data (rank 0; DDP broadcasts its buffers)."""
+    if parent:
+        pstate = load_checkpoint(Path(parent) / "best.pt")["model"]
+        partial = grow_state_dict(model, pstate)
+        if partial:
+            log(f"fine-tuning: grew {len(partial)} parameter tables for new elements")
+    if tc.onsite_reference and is_main:
+        new_elements = None
+        if parent:
+            new_elements = [e for e in model.cfg.elements if e not in parent_cfg.elements]
+        ref_ds = StructureDataset(split["train"], model.basis)
+        used = init_onsite_reference(model, (ref_ds[k][1] for k in range(len(ref_ds))), elements=new_elements)
+        if used:
+            log("on-site reference from the training data (atoms used): "
+                + ", ".join(f"{e} {n}" for e, n in used.items()))
+
+
 def train(data_paths, output, model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
           preset: str = "paper", parent: str | None = None, resume: bool = True, log=print,
           max_epochs_per_run: int | None = None, evaluate_test: bool = True) -> dict:
@@ -452,51 +502,15 @@ def train(data_paths, output, model_config: ModelConfig | None = None, train_con
         meta_scan = json.loads((out / "metadata.json").read_text())["data"]
     else:
         meta_scan = scan_metadata(split["train"] + split["val"] + split["test"])
-        if parent:
-            parent_cfg = ModelConfig.from_dict(json.loads((Path(parent) / "config.json").read_text()))
-            model_cfg = parent_cfg.with_elements(meta_scan["orbital_ls"], meta_scan["cutoff_radius"])
-            model_cfg.super_multiplicity = list(parent_cfg.multiplicity)
-            try:
-                BasisMap(model_cfg)
-            except ValueError as exc:
-                raise ValueError(f"fine-tuning: a new element's basis does not fit the parent's output basis "
-                                 f"{tuple(parent_cfg.multiplicity)} ({exc})") from None
-            model_cfg.max_pair_distance = max(parent_cfg.max_pair_distance, meta_scan["max_pair_distance"])
-            if model_cfg.gaussian_range > parent_cfg.gaussian_range + 1e-9:
-                model_cfg.max_pair_distance = parent_cfg.gaussian_range - 0.5   # keep the parent's smearing grid
-                log(f"warning: fine-tuning data has pairs up to {meta_scan['max_pair_distance']:.2f} A; "
-                    f"the parent's Gaussian range ({parent_cfg.gaussian_range:.2f} A) is kept")
-        else:
-            base = model_config or ModelConfig.preset(preset)
-            model_cfg = base.with_elements(meta_scan["orbital_ls"], meta_scan["cutoff_radius"])
-            if not model_cfg.super_multiplicity:
-                # at least s3p2d2 (the largest basis of the corpus table): models stay fine-tunable
-                mult = list(union_multiplicity(model_cfg.orbital_ls))
-                mult += [0] * (3 - len(mult))
-                model_cfg.super_multiplicity = [max(a, b) for a, b in zip(mult, (3, 2, 2))] + mult[3:]
-            model_cfg.max_pair_distance = max(model_cfg.max_pair_distance, meta_scan["max_pair_distance"])
-            if model_config is None or model_config.output_scale == 1.0:
-                model_cfg.output_scale = float(meta_scan.get("h_rms", 1.0))
+        model_cfg, parent_cfg = _new_model_config(meta_scan, model_config, preset, parent, log)
 
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
     random.seed(tc.seed)
     dtype = getattr(torch, tc.dtype)
     model = DeepH2(model_cfg)
-    if parent and not resuming:
-        pstate = load_checkpoint(Path(parent) / "best.pt")["model"]
-        partial = grow_state_dict(model, pstate)
-        if partial:
-            log(f"fine-tuning: grew {len(partial)} parameter tables for new elements")
-    if not resuming and tc.onsite_reference and is_main:   # DDP broadcasts rank 0's buffers to the others
-        new_elements = None
-        if parent:
-            new_elements = [e for e in model_cfg.elements if e not in parent_cfg.elements]
-        ref_ds = StructureDataset(split["train"], model.basis)
-        used = init_onsite_reference(model, (ref_ds[k][1] for k in range(len(ref_ds))), elements=new_elements)
-        if used:
-            log("on-site reference from the training data (atoms used): "
-                + ", ".join(f"{e} {n}" for e, n in used.items()))
+    if not resuming:
+        _start_from(model, tc, split, parent, parent_cfg, is_main, log)
     model = model.to(device=device, dtype=dtype)
     model.activation_checkpointing = bool(tc.activation_checkpointing)
     nparams = model.num_parameters()
