@@ -177,3 +177,22 @@ def test_evaluation_report_calcfunction(trained, report, aiida_profile):
     assert rep["model_uuid"] == model.uuid
     _, bad = evaluation_report.run_get_node(model=model, parameters=orm.Dict({"max_propertiez": 1}), **inputs)
     assert bad.exit_status == 300 and "max_propertiez" in bad.exit_message
+
+
+def test_report_position_matrix_from_the_pao_files_follows_the_data_pair_order(shared):
+    """Data whose pairs come in another order than compute_overlap's: the PAO position matrix is gathered into
+    the data's order (each block where its pair is)."""
+    from aiida_deeph.analysis.report import ReportConfig, _position_matrix
+
+    pao = shared / "openmx-data" / "PAO"
+    ref = load_corpus("mp-1550")
+    ref.position_matrix = None
+    shuffled = ref.reorder_pairs(np.random.default_rng(0).permutation(ref.num_pairs))
+    p_sorted, _ = _position_matrix(ref, ReportConfig(pao_dir=str(pao)))
+    p_shuffled, source = _position_matrix(shuffled, ReportConfig(pao_dir=str(pao)))
+    assert source == "the PAO files" and p_shuffled.shape == (shuffled.num_entries, 3)
+    index = ref.pair_index()
+    for q, row in enumerate(shuffled.atom_pairs.tolist()[:50]):
+        p = index[tuple(row)]
+        np.testing.assert_array_equal(p_shuffled[shuffled.offsets[q]:shuffled.offsets[q + 1]],
+                                      p_sorted[ref.offsets[p]:ref.offsets[p + 1]])

@@ -181,16 +181,14 @@ def _position_matrix(ref, cfg: ReportConfig):
 
     pao = compute_overlap(ref.cell, ref.positions, list(ref.species), basis_table=load_basis_table(cfg.basis_table),
                           pao_dir=cfg.pao_dir, position_matrix=True)
-    if not np.array_equal(pao.atom_pairs, ref.atom_pairs):
-        index = pao.pair_index()
-        from aiida_deeph.core.packed import entry_gather_index
+    if np.array_equal(pao.atom_pairs, ref.atom_pairs):
+        return pao.position_matrix, "the PAO files"
+    from aiida_deeph.core.packed import pairs_gather_index
 
-        try:
-            order = np.array([index[tuple(r)] for r in ref.atom_pairs.tolist()], dtype=np.int64)
-        except KeyError:
-            return None, "the PAO pair set differs from the data's (another basis or cutoff)"
-        return pao.position_matrix[:, entry_gather_index(pao.offsets, order)], "the PAO files"
-    return pao.position_matrix, "the PAO files"
+    try:
+        return pao.position_matrix[pairs_gather_index(pao.atom_pairs, pao.offsets, ref.atom_pairs)], "the PAO files"
+    except KeyError:
+        return None, "the PAO pair set differs from the data's (another basis or cutoff)"
 
 
 def _structure_properties(ref, pred, cfg: ReportConfig, out_dir: Path, label: str | None, name: str, mae: float):

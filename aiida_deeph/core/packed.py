@@ -296,6 +296,15 @@ def entry_gather_index(offsets: np.ndarray, order: np.ndarray) -> np.ndarray:
     return np.repeat(starts - new_starts, sizes) + np.arange(int(sizes.sum()))
 
 
+def pairs_gather_index(source_pairs: np.ndarray, source_offsets: np.ndarray, target_pairs: np.ndarray) -> np.ndarray:
+    """Flat entry indices that bring entries stored in ``source_pairs`` order (blocks at ``source_offsets``)
+    into the order of ``target_pairs`` (rows (R1, R2, R3, i, j) of the same pair set); KeyError for a target
+    pair the source lacks."""
+    index = {tuple(int(x) for x in row): p for p, row in enumerate(np.asarray(source_pairs).tolist())}
+    order = np.array([index[tuple(int(x) for x in row)] for row in np.asarray(target_pairs).tolist()], dtype=np.int64)
+    return entry_gather_index(np.asarray(source_offsets), order)
+
+
 def _check_header(handle, path) -> None:
     fmt = handle.attrs.get("format")
     if isinstance(fmt, bytes):

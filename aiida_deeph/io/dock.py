@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.elements import symbol_to_z, z_to_symbol
-from ..core.packed import ARRAY_NAMES, PackedHamiltonian, entry_gather_index
+from ..core.packed import ARRAY_NAMES, PackedHamiltonian, pairs_gather_index
 
 DOCK_FORMAT_VERSION = 1  # our own marker inside info.json ("aiida_deeph" section)
 
@@ -247,12 +247,10 @@ def read_dock(folder, load=ARRAY_NAMES, restore_order: bool = True) -> PackedHam
             atom_pairs, offsets = ap, cb
         elif not (np.array_equal(ap, atom_pairs) and np.array_equal(cb, offsets)):
             # Same pair set in another order: bring this file into the first file's order.
-            index = {tuple(r): p for p, r in enumerate(ap.tolist())}
             try:
-                order = np.array([index[tuple(r)] for r in atom_pairs.tolist()])
+                entries = entries[pairs_gather_index(ap, cb, atom_pairs)]
             except KeyError:
                 raise DockFormatError(f"{folder}: atom_pairs differ between the .h5 files") from None
-            entries = entries[entry_gather_index(cb, order)]
         arrays[name] = entries
     if atom_pairs is None:
         raise DockFormatError(f"{folder}: neither overlap.h5 nor hamiltonian.h5 found")
@@ -364,12 +362,10 @@ def write_hamiltonian_like(input_folder: Path, out_folder: Path, ham_pred) -> No
         cb_in = h5["chunk_boundaries"][()].astype(np.int64)
         shapes_in = h5["chunk_shapes"][()] if "chunk_shapes" in h5 else None
     arrays = permute_orbitals(ham_pred, {"hamiltonian": ham_pred.hamiltonian})
-    index = ham_pred.pair_index()
     try:
-        order = np.array([index[tuple(r)] for r in ap_in.tolist()], dtype=np.int64)
+        entries = arrays["hamiltonian"][pairs_gather_index(ham_pred.atom_pairs, ham_pred.offsets, ap_in)]
     except KeyError:
         raise ValueError(f"{input_folder}: atom_pairs of overlap.h5 do not match the structure read") from None
-    entries = arrays["hamiltonian"][entry_gather_index(ham_pred.offsets, order)]
     if len(entries) != cb_in[-1]:
         raise ValueError(f"{input_folder}: chunk_boundaries of overlap.h5 do not match the orbital counts")
     from aiida_deeph.core.files import atomic_path

@@ -100,10 +100,6 @@ class DeepHInferParser(Parser):
 
 def _aligned_position_matrix(source, packed):
     """``source.position_matrix`` in the pair order of ``packed`` (the same atom pairs)."""
-    import numpy as np
+    from aiida_deeph.core.packed import pairs_gather_index
 
-    from aiida_deeph.core.packed import entry_gather_index
-
-    index = source.pair_index()
-    order = np.array([index[tuple(r)] for r in packed.atom_pairs.tolist()], dtype=np.int64)
-    return source.position_matrix[entry_gather_index(source.offsets, order)]
+    return source.position_matrix[pairs_gather_index(source.atom_pairs, source.offsets, packed.atom_pairs)]
