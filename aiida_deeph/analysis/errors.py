@@ -71,8 +71,7 @@ class ErrorTable:
         species = np.asarray(reference.species)
         ap = np.asarray(reference.atom_pairs)
         si, sj = species[ap[:, 3]], species[ap[:, 4]]
-        keys = [pair_key(a, b) for a, b in zip(si, sj)]
-        for k, key in enumerate(keys):
+        for k, key in enumerate(block_pair_keys(reference)):
             row = self.pair.setdefault(key, [0.0, 0.0, 0])
             row[0] += per_block[0, k]
             row[1] += per_block[1, k]
