@@ -46,15 +46,14 @@ def get_code(label: str) -> orm.InstalledCode:
 
 
 def structure_of(node: HamiltonianData) -> orm.StructureData:
-    """The StructureData the DFT run was made from (provenance), else one built from the stored cell."""
+    """The StructureData the DFT run was made from (provenance), else one built from the stored cell (by the
+    ``hamiltonian_structure`` calcfunction, so it is in the graph too)."""
+    from aiida_deeph.workflows.properties import hamiltonian_structure
+
     creator = node.creator
     if creator is not None and "structure" in creator.inputs:
         return creator.inputs.structure
-    packed = node.get_packed(load=())
-    structure = orm.StructureData(cell=packed.cell.tolist())
-    for symbol, position in zip(packed.species, packed.positions):
-        structure.append_atom(position=position.tolist(), symbols=symbol)
-    return structure.store()
+    return hamiltonian_structure(node)
 
 
 def model_node(spec: str):

@@ -18,6 +18,7 @@ physics.optics.susceptibility). Outputs (``OUTPUT/``):
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -158,15 +159,13 @@ def _property_picks(rows: list, ranks, max_properties: int) -> tuple:
 
 
 def _num_electrons(ham, basis_table: str) -> float:
-    from aiida_deeph.core.basis import load_basis_table
+    from aiida_deeph.physics.kspace import valence_electrons
 
     try:
-        return float(load_basis_table(basis_table).num_electrons(ham.species))
+        return valence_electrons(ham, basis_table)[0]
     except (ValueError, OSError, KeyError):
-        if ham.num_electrons is None:
-            raise ReportError(f"{ham.formula}: no electron count (basis table {basis_table!r} lacks an element "
-                              "and the data carry none)") from None
-        return float(ham.num_electrons)
+        raise ReportError(f"{ham.formula}: no electron count (basis table {basis_table!r} lacks an element "
+                          "and the data carry none)") from None
 
 
 def _position_matrix(ref, cfg: ReportConfig):
@@ -223,12 +222,12 @@ def _structure_properties(ref, pred, cfg: ReportConfig, out_dir: Path, label: st
         row["bands_figure"] = png.name
     row["optics"] = "not asked for"
     if cfg.optics:
-        row.update(_optics(ref, pred, cfg, out_dir, label, name, b_ref, b_pred))
+        row.update(_optics(ref, pred, cfg, out_dir, label, name, b_ref, nel))
     row["seconds"] = time.perf_counter() - t0
     return row
 
 
-def _optics(ref, pred, cfg, out_dir, label, name, b_ref, b_pred) -> dict:
+def _optics(ref, pred, cfg, out_dir, label, name, b_ref, nel: float) -> dict:
     from aiida_deeph.core.lattice import kpoint_grid
     from aiida_deeph.physics.optics import OpticsError, susceptibility
     from aiida_deeph.physics.plots import plot_chi
@@ -242,11 +241,10 @@ def _optics(ref, pred, cfg, out_dir, label, name, b_ref, b_pred) -> dict:
     out = {"optics_mesh": mesh, "position_matrix_from": source}
     results = {}
     for who, ham in (("dft", ref), ("deeph", pred)):
-        h = ham.copy()
+        h = copy.copy(ham)             # shares H and S; only the position matrix is set on the copy
         h.position_matrix = p
         try:
-            results[who] = susceptibility(h, mesh, eta=cfg.optics_eta, num_omega=501,
-                                          num_electrons=_num_electrons(ref, cfg.basis_table))
+            results[who] = susceptibility(h, mesh, eta=cfg.optics_eta, num_omega=501, num_electrons=nel)
         except OpticsError as exc:
             out[f"{who}_eps_inf"] = None
             out["optics"] = f"{who}: {exc}"

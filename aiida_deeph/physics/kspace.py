@@ -32,6 +32,19 @@ def electron_count(ham: PackedHamiltonian, num_electrons: float | None = None, b
     return float(load_basis_table(basis_table).num_electrons(ham.species))
 
 
+def valence_electrons(ham: PackedHamiltonian, basis_table: str = "corpus") -> tuple:
+    """(electron count, where it came from): the valence of the basis table (the basis the DFT ran with),
+    else the count stored with ``ham``; the basis table's error when neither has one."""
+    from aiida_deeph.core.basis import load_basis_table
+
+    try:
+        return float(load_basis_table(basis_table).num_electrons(ham.species)), f"basis table '{basis_table}' valence"
+    except (ValueError, OSError, KeyError):
+        if ham.num_electrons is None:
+            raise
+        return float(ham.num_electrons), "hamiltonian node"
+
+
 def gamma_mesh(grid) -> np.ndarray:
     """Gamma-centred mesh ``k = (m1/n1, m2/n2, m3/n3)``, m_i = 0..n_i-1, as DeepH-dock's (and libtetrabz's)
     order: the first axis slowest. Returns (n1 n2 n3, 3) fractional k-points (all weights 1/nk)."""

@@ -85,6 +85,21 @@ def band_parameters(protocol: str, temperature: float, basis: dict | None = None
     return params
 
 
+def png_node(draw, filename: str) -> orm.SinglefileData:
+    """A SinglefileData ``filename`` of the PNG that ``draw(path)`` writes (through a temporary file)."""
+    import os
+    import tempfile
+
+    fd, png = tempfile.mkstemp(suffix=".png")
+    os.close(fd)
+    try:
+        draw(png)
+        with open(png, "rb") as handle:
+            return orm.SinglefileData(handle, filename=filename)
+    finally:
+        os.unlink(png)
+
+
 # ====================================================================== calcfunctions
 @calcfunction
 def seekpath_kpoints(structure: orm.StructureData, parameters: orm.Dict) -> orm.KpointsData:
@@ -117,16 +132,11 @@ def seekpath_kpoints(structure: orm.StructureData, parameters: orm.Dict) -> orm.
 def _electrons(packed, table_name: str, valence: dict | None = None):
     """Valence electron count: ``valence`` {element: electrons} (a custom basis), else the named basis
     table, else the count stored in the Hamiltonian."""
-    from aiida_deeph.core.basis import load_basis_table
+    from aiida_deeph.physics.kspace import valence_electrons
 
     if valence and all(s in valence for s in packed.species):
         return float(sum(float(valence[s]) for s in packed.species)), "basis valence (input basis)"
-    try:
-        return load_basis_table(table_name).num_electrons(packed.species), f"basis table '{table_name}' valence"
-    except (ValueError, OSError, KeyError):
-        if packed.num_electrons is None:
-            raise
-        return float(packed.num_electrons), "hamiltonian node"
+    return valence_electrons(packed, table_name)
 
 
 @calcfunction
@@ -203,8 +213,6 @@ def compare_bands(bands: orm.BandsData, reference_bands: orm.BandsData, summary:
     Each set aligned to its own Fermi level, bands matched by index, MAE (meV) over the eigenvalues
     within ``E_F +- window_eV`` of the reference; gap error = predicted - reference gap.
     """
-    import os
-    import tempfile
 
     from aiida_deeph.physics.compare import band_errors, path_distances, plot_comparison
 
@@ -224,15 +232,9 @@ def compare_bands(bands: orm.BandsData, reference_bands: orm.BandsData, summary:
     mae = errors.get("mae_meV")
     if mae is not None:
         title = f"{title}  band MAE {mae:.1f} meV (E_F ± {window:g} eV)".strip()
-    fd, png = tempfile.mkstemp(suffix=".png")
-    os.close(fd)
-    try:
-        plot_comparison(png, x, ticks, pred - s["fermi_energy_eV"], ref - rs["fermi_energy_eV"], title=title,
-                        window_eV=window, labels=(p.get("reference_label", "DFT (OpenMX)"), "DeepH"))
-        with open(png, "rb") as handle:
-            plot = orm.SinglefileData(handle, filename="bands_comparison.png")
-    finally:
-        os.unlink(png)
+    plot = png_node(lambda path: plot_comparison(
+        path, x, ticks, pred - s["fermi_energy_eV"], ref - rs["fermi_energy_eV"], title=title, window_eV=window,
+        labels=(p.get("reference_label", "DFT (OpenMX)"), "DeepH")), "bands_comparison.png")
     return {"band_errors": orm.Dict(errors), "comparison_plot": plot}
 
 

@@ -129,20 +129,6 @@ def dos_at_fermi(result: dict) -> float:
 
 
 # ====================================================================== calcfunctions of the work chain
-def _png_node(plot, filename: str, *args, **kwargs) -> orm.SinglefileData:
-    import os
-    import tempfile
-
-    fd, png = tempfile.mkstemp(suffix=".png")
-    os.close(fd)
-    try:
-        plot(*args, path=png, **kwargs)
-        with open(png, "rb") as handle:
-            return orm.SinglefileData(handle, filename=filename)
-    finally:
-        os.unlink(png)
-
-
 @calcfunction
 def hamiltonian_structure(hamiltonian: HamiltonianData) -> orm.StructureData:
     """The crystal structure of a HamiltonianData (cell, positions, species), for its k-path."""
@@ -158,10 +144,11 @@ def plot_dos_node(dos: orm.XyData, summary: orm.Dict, parameters: orm.Dict, refe
                   reference_summary: orm.Dict | None = None) -> orm.SinglefileData:
     """PNG of the DOS (total and projected), or of the DOS against a reference DOS (``parameters``: title)."""
     from aiida_deeph.physics.plots import plot_dos
+    from aiida_deeph.workflows.bands import png_node
 
     reference = None if reference_dos is None else dos_result(reference_dos, reference_summary)
-    return _png_node(plot_dos, "dos.png", dos_result(dos, summary), title=parameters.get("title", ""),
-                     reference=reference)
+    return png_node(lambda path: plot_dos(dos_result(dos, summary), path, title=parameters.get("title", ""),
+                                          reference=reference), "dos.png")
 
 
 @calcfunction
@@ -169,10 +156,11 @@ def plot_chi_node(chi: orm.XyData, static: orm.Dict, parameters: orm.Dict, refer
                   reference_static: orm.Dict | None = None) -> orm.SinglefileData:
     """PNG of chi(omega), or of its trace against a reference's (``parameters``: title)."""
     from aiida_deeph.physics.plots import plot_chi
+    from aiida_deeph.workflows.bands import png_node
 
     reference = None if reference_chi is None else chi_result(reference_chi, reference_static)
-    return _png_node(plot_chi, "chi.png", chi_result(chi, static), title=parameters.get("title", ""),
-                     reference=reference)
+    return png_node(lambda path: plot_chi(chi_result(chi, static), path, title=parameters.get("title", ""),
+                                          reference=reference), "chi.png")
 
 
 def _properties(band_summary: dict, dos: dict, optics: dict | None, optics_note: str) -> dict:
