@@ -192,17 +192,22 @@ def sphere_quadrature(n: int = 12) -> tuple:
     return u, w
 
 
-@functools.cache
-def gaunt(l1: int, l2: int, L: int) -> np.ndarray:
-    """G[m1, m2, M] = int Y1_m1 Y2_m2 Y_LM dOmega (OpenMX harmonics for l1, l2; real_ylm for L)."""
+def _on_sphere(spec: str, *factors) -> np.ndarray:
+    """The integral over the unit sphere of a product of ``factors`` (functions of the unit vectors, each
+    (q, ...)), by the 12th-order quadrature: ``einsum(spec, weights, *values)``, entries below 1e-14 zeroed,
+    read-only."""
     u, w = sphere_quadrature(12)
-    a = openmx_harmonics(l1, u)
-    b = openmx_harmonics(l2, u)
-    c = real_ylm(L, u)
-    g = np.einsum("q,qa,qb,qc->abc", w, a, b, c)
+    g = np.einsum(spec, w, *(f(u) for f in factors))
     g[np.abs(g) < 1e-14] = 0.0
     g.setflags(write=False)
     return g
+
+
+@functools.cache
+def gaunt(l1: int, l2: int, L: int) -> np.ndarray:
+    """G[m1, m2, M] = int Y1_m1 Y2_m2 Y_LM dOmega (OpenMX harmonics for l1, l2; real_ylm for L)."""
+    return _on_sphere("q,qa,qb,qc->abc", lambda u: openmx_harmonics(l1, u), lambda u: openmx_harmonics(l2, u),
+                      lambda u: real_ylm(L, u))
 
 
 # ---------------------------------------------------------------------- radial transforms
@@ -358,23 +363,14 @@ class PairOverlap:
 def dipole_angular(l: int, lp: int) -> np.ndarray:
     """A[c, m, M'] = int (r^_c) Y_lm Y'_{lp M'} dOmega: the l' = l +- 1 parts of ``x_c / r`` times an
     OpenMX harmonic, in the :func:`real_ylm` basis (c = x, y, z)."""
-    u, w = sphere_quadrature(12)
-    a = openmx_harmonics(l, u)
-    c = real_ylm(lp, u)
-    g = np.einsum("q,qc,qa,qb->cab", w, u, a, c)
-    g[np.abs(g) < 1e-14] = 0.0
-    g.setflags(write=False)
-    return g
+    return _on_sphere("q,qc,qa,qb->cab", lambda u: u, lambda u: openmx_harmonics(l, u), lambda u: real_ylm(lp, u))
 
 
 @functools.cache
 def gaunt_real_bra(lp: int, l2: int, L: int) -> np.ndarray:
     """G[M', m2, M] = int Y'_{lp M'} Y_{l2 m2} Y'_{LM} dOmega (``real_ylm`` for lp and L, OpenMX for l2)."""
-    u, w = sphere_quadrature(12)
-    g = np.einsum("q,qa,qb,qc->abc", w, real_ylm(lp, u), openmx_harmonics(l2, u), real_ylm(L, u))
-    g[np.abs(g) < 1e-14] = 0.0
-    g.setflags(write=False)
-    return g
+    return _on_sphere("q,qa,qb,qc->abc", lambda u: real_ylm(lp, u), lambda u: openmx_harmonics(l2, u),
+                      lambda u: real_ylm(L, u))
 
 
 class PairDipole:
